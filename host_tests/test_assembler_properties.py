@@ -71,9 +71,7 @@ def test_mutated_frames_yield_valid_frames_or_counted_errors(stream, mutations, 
         # Every original frame either came back intact or a rejection was counted
         # (or it is still waiting for bytes that a mutated length byte asked for, or the
         # mutation hit the register byte, which the checksum does not cover).
-        missing = [f for f in stream if f not in out]
-        changed = [f for f in out if f not in stream]
-        assert not missing or a.errors or a.pending or changed
+        assert len(out) == len(stream) or a.errors or a.pending
 
 
 @settings(max_examples=100, deadline=None)

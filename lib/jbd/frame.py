@@ -47,8 +47,7 @@ class StatusError(FrameError):
     def __init__(self, register, status):
         self.register = register
         self.status = status
-        FrameError.__init__(
-            self,
+        super().__init__(
             "register 0x%02X answered with error status 0x%02X (%s)"
             % (register, status, STATUS_NAMES.get(status, "unknown status")),
         )
