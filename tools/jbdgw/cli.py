@@ -17,9 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Each subcommand module exposes add_parser(sub) and sets func=run(args) -> int.
-    from jbdgw import bench_cmd
+    from jbdgw import bench_cmd, sim_cmd
 
-    for mod in (bench_cmd,):
+    for mod in (sim_cmd, bench_cmd):
         mod.add_parser(sub)
     return parser
 

@@ -1,0 +1,151 @@
+"""`jbdgw sim`: run the firmware on the MicroPython unix port against a virtual BMS and a local broker."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from jbdgw.cli import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run the firmware in simulation (virtual BMS, Wi-Fi, deep sleep, local broker)",
+        description=__doc__,
+    )
+    p.add_argument("--scenario", required=True, type=Path, metavar="FILE",
+                   help="scenario JSON: virtual BMS devices and Wi-Fi (e.g. tools/scenarios/demo.json)")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE",
+                   help="firmware config.json (mqtt.host/port are pointed at the broker)")
+    p.add_argument("--wakes", type=int, default=3, metavar="N", help="number of wakes to run (default 3)")
+    p.add_argument("--broker", default="auto", metavar="auto|HOST:PORT",
+                   help="'auto' starts mosquitto or amqtt on a free local port (default)")
+    p.add_argument("--heapsize", default=None, metavar="SIZE",
+                   help="MicroPython heap size, e.g. 96K (default: the unix port's)")
+    p.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                   help="keep the simulation state (RTC memory, events.jsonl) here")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="kill a wake that runs longer than this (default 60 s)")
+    p.set_defaults(func=run)
+
+
+def _load_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} file {path} is not UTF-8 text: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} file {path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} file {path} must hold a JSON object")
+    return data
+
+
+def _parse_broker(text: str) -> tuple[str, int] | None:
+    if text == "auto":
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--broker must be 'auto' or HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def _topic(config: dict, path: Path) -> str:
+    mqtt = config.get("mqtt")
+    topic = mqtt.get("topic") if isinstance(mqtt, dict) else None
+    if not isinstance(topic, str) or not topic:
+        raise UsageError(f"{path}: mqtt.topic is missing; set it to a plain topic such as \"solar\"")
+    return topic
+
+
+def _show_payload(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.hex()
+
+
+def run(args: argparse.Namespace) -> int:
+    from jbdgw.broker import BrokerError, Subscriber, start_broker
+    from jbdgw.image import build_image
+    from jbdgw.sim import find_micropython, run_wakes
+
+    config = _load_json(args.config, "config")
+    _load_json(args.scenario, "scenario")
+    topic = _topic(config, args.config)
+    given = _parse_broker(args.broker)
+    if args.wakes < 1:
+        raise UsageError(f"--wakes must be at least 1, not {args.wakes}")
+    try:
+        find_micropython()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+    with ExitStack() as stack:
+        if given is None:
+            try:
+                broker = stack.enter_context(start_broker())
+            except BrokerError as exc:
+                print(f"jbdgw sim: error: cannot start a local broker: {exc}", file=sys.stderr)
+                return 1
+            host, port = broker.host, broker.port
+            print(f"broker: {broker.kind} on {host}:{port}", flush=True)
+        else:
+            host, port = given
+
+        cfg = copy.deepcopy(config)
+        cfg["mqtt"]["host"] = host
+        cfg["mqtt"]["port"] = port
+        if cfg["mqtt"].get("tls"):
+            print("note: mqtt.tls ignored, the local broker has no TLS", file=sys.stderr)
+            cfg["mqtt"]["tls"] = False
+
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jbdgw-sim-")))
+        image = build_image(tmp / "image", cfg)
+        state = args.state_dir or tmp / "state"
+
+        def show(msg) -> None:
+            retained = "  (retained)" if msg.retain else ""
+            print(f"{msg.topic}  {_show_payload(msg.payload)}{retained}", flush=True)
+
+        # "<topic>/#" also matches "<topic>" itself (MQTT 3.1.1 4.7.1.2); subscribing to
+        # both would deliver readings twice on brokers that allow overlapping matches.
+        sub = Subscriber(host, port, [f"{topic}/#"], on_message=show)
+        try:
+            stack.enter_context(sub)
+        except (OSError, TimeoutError) as exc:
+            print(f"jbdgw sim: error: cannot subscribe at {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+
+        def summary(result) -> None:
+            time.sleep(0.2)  # let the subscriber print this wake's messages first
+            print(result.describe(), flush=True)
+            if getattr(args, "verbose", False):
+                for line in result.stdout.rstrip().splitlines():
+                    print(f"  > {line}", flush=True)
+            if result.crashed or (not result.slept and not result.reset and result.stderr):
+                for line in result.stderr.rstrip().splitlines()[-15:]:
+                    print(f"  | {line}", flush=True)
+
+        results = run_wakes(
+            image, args.scenario, args.wakes, state,
+            heapsize=args.heapsize, timeout_s=args.timeout, on_wake=summary,
+        )
+        sub.wait_for(len(sub.messages) + 1, timeout=0.3)  # late messages
+
+    failed = [r for r in results if r.crashed]
+    published = len(sub.messages)
+    print(f"{len(results)} wake(s), {published} message(s), {len(failed)} failed", flush=True)
+    return 1 if failed else 0

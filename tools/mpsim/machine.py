@@ -1,0 +1,354 @@
+# Simulated ESP32 `machine` for the MicroPython unix port.
+#
+# Extends the built-in unix `machine` module (PinBase, Signal, idle, mem8/16/32,
+# soft_reset, time_pulse_us) with the ESP32 calls the gateway uses. State lives
+# in $JBDGW_SIM_DIR, written by the host driver (tools/jbdgw/sim.py):
+#   reset_cause     int as text, read at import (default PWRON_RESET)
+#   wake_reason     optional int as text (default TIMER_WAKE after deep sleep)
+#   rtc.bin         RTC memory, loaded at import, rewritten on every write
+#   deepsleep.json  written by deepsleep()/reset(); the process then exits
+#   wdt             written by WDT()/feed(): the timeout in ms; the driver
+#                   watches its mtime and kills the wake when it is not fed
+# Without JBDGW_SIM_DIR nothing is read or written.
+
+import sys
+
+_path = sys.path
+sys.path = ()
+try:
+    from machine import *  # noqa: F401,F403  (the built-in module)
+finally:
+    sys.path = _path
+    del _path
+
+import json
+import os
+import time
+
+try:
+    from simlog import event as _event
+except ImportError:
+
+    def _event(ev, **fields):
+        pass
+
+
+# Reset causes and wake reasons, ESP32 values (ports/esp32/modmachine.c).
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+PIN_WAKE = 2
+EXT0_WAKE = 2
+EXT1_WAKE = 3
+TIMER_WAKE = 4
+TOUCHPAD_WAKE = 5
+ULP_WAKE = 6
+
+_RTC_MEM_MAX = 2048
+_DEFAULT_MAC = b"\x24\x0a\xc4\x5a\x10\x01"
+
+
+# -- simulation helpers shared with network.py / esp32.py (not ESP32 API) --
+
+
+def _sim_dir():
+    d = os.getenv("JBDGW_SIM_DIR")
+    if d:
+        return d.rstrip("/")
+    return None
+
+
+def _sim_path(name):
+    d = _sim_dir()
+    if d is None:
+        return None
+    return d + "/" + name
+
+
+def _read_text(name):
+    p = _sim_path(name)
+    if p is None:
+        return None
+    try:
+        with open(p) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write_text(name, text):
+    p = _sim_path(name)
+    if p is None:
+        return
+    with open(p, "w") as f:
+        f.write(text)
+
+
+_scenario_cache = None
+
+
+def _scenario():
+    """The scenario JSON as a dict ({} without JBDGW_SIM_SCENARIO)."""
+    global _scenario_cache
+    if _scenario_cache is None:
+        _scenario_cache = {}
+        p = os.getenv("JBDGW_SIM_SCENARIO")
+        if p:
+            with open(p) as f:
+                _scenario_cache = json.load(f)
+    return _scenario_cache
+
+
+def _base_mac():
+    """6 bytes: the chip's base MAC (scenario "mac"/"unique_id" as hex or aa:bb:..)."""
+    sc = _scenario()
+    v = sc.get("mac") or sc.get("unique_id")
+    if v:
+        h = v.replace(":", "").replace("-", "")
+        if len(h) == 12:
+            return bytes(int(h[i : i + 2], 16) for i in range(0, 12, 2))
+    return _DEFAULT_MAC
+
+
+def _flush():
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except (AttributeError, OSError):
+            pass
+
+
+# -- reset cause / wake reason --
+
+
+def _int_file(name, default):
+    t = _read_text(name)
+    if t is None:
+        return default
+    try:
+        return int(t.strip())
+    except ValueError:
+        return default
+
+
+_reset_cause = _int_file("reset_cause", PWRON_RESET)
+_wake_reason = _int_file(
+    "wake_reason", TIMER_WAKE if _reset_cause == DEEPSLEEP_RESET else 0
+)
+
+
+def reset_cause():
+    return _reset_cause
+
+
+def wake_reason():
+    return _wake_reason
+
+
+def wake_pins():
+    return ()
+
+
+# -- sleep and reset: these end the process (a real deep sleep never returns) --
+
+#: Set when deepsleep()/reset() ran; simrun.py reports firmware that caught
+#: the SystemExit and carried on.
+_ended = False
+
+
+def _end(record, ev, **fields):
+    global _ended
+    _ended = True
+    _write_text("deepsleep.json", json.dumps(record))
+    _event(ev, **fields)
+    _flush()
+    sys.exit(0)
+
+
+def deepsleep(time_ms=None):
+    if time_ms is not None:
+        time_ms = int(time_ms)
+    _end({"ms": time_ms}, "deepsleep", sleep_ms=time_ms)
+
+
+def lightsleep(time_ms=None):
+    # Light sleep returns, with RAM intact; wake sources other than the timer
+    # are not simulated, so lightsleep() without a time returns at once.
+    _event("lightsleep", sleep_ms=time_ms)
+    if time_ms:
+        time.sleep_ms(int(time_ms))
+
+
+def sleep(time_ms=None):
+    # Deprecated alias of lightsleep() on the real ports.
+    lightsleep(time_ms)
+
+
+def reset():
+    _end({"ms": None, "reset": True}, "reset")
+
+
+# -- RTC --
+
+
+def _load_rtc():
+    p = _sim_path("rtc.bin")
+    if p is None:
+        return b""
+    try:
+        with open(p, "rb") as f:
+            return f.read(_RTC_MEM_MAX)
+    except OSError:
+        return b""
+
+
+_rtc_mem = _load_rtc()
+_rtc_offset_s = 0  # RTC.datetime(tuple) sets an offset to the host clock
+
+
+class RTC:
+    def __init__(self, id=0):
+        pass
+
+    def init(self, datetime):
+        self.datetime(datetime)
+
+    def memory(self, *data):
+        global _rtc_mem
+        if not data:
+            return bytes(_rtc_mem)
+        buf = bytes(data[0])
+        if len(buf) > _RTC_MEM_MAX:
+            raise ValueError("buffer too long")
+        _rtc_mem = buf
+        p = _sim_path("rtc.bin")
+        if p is not None:
+            with open(p, "wb") as f:
+                f.write(buf)
+        return None
+
+    def datetime(self, *dt):
+        global _rtc_offset_s
+        if dt:
+            y, mo, d, _wd, h, mi, s = dt[0][:7]
+            _rtc_offset_s = time.mktime((y, mo, d, h, mi, s, 0, 0)) - int(time.time())
+            return None
+        t = time.gmtime(int(time.time()) + _rtc_offset_s)
+        # (year, month, day, weekday, hours, minutes, seconds, subseconds)
+        return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+
+
+# -- watchdog --
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError()
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
+        self._timeout = int(timeout)
+        _event("wdt", timeout_ms=self._timeout)
+        self.feed()
+
+    def feed(self):
+        # The driver compares the file's mtime with the timeout.
+        _write_text("wdt", str(self._timeout))
+
+
+# -- pins --
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    PULL_HOLD = 4
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __init__(self, id, mode=-1, pull=-1, value=None, **kw):
+        self._id = id
+        self._mode = self.IN
+        self._pull = None
+        self._out = 0
+        self.init(mode, pull, value)
+
+    def init(self, mode=-1, pull=-1, value=None, **kw):
+        if mode != -1 and mode is not None:
+            self._mode = mode
+        if pull != -1:
+            self._pull = pull
+        if value is not None:
+            self._out = 1 if value else 0
+
+    def _input(self):
+        pins = _scenario().get("pins") or {}
+        key = str(self._id)
+        if key in pins:
+            return 1 if pins[key] else 0
+        return 1 if self._pull == self.PULL_UP else 0
+
+    def value(self, *v):
+        if v:
+            self._out = 1 if v[0] else 0
+            return None
+        if self._mode == self.OUT:
+            return self._out
+        return self._input()
+
+    def __call__(self, *v):
+        return self.value(*v)
+
+    def on(self):
+        self._out = 1
+
+    def off(self):
+        self._out = 0
+
+    def irq(self, handler=None, trigger=3, **kw):
+        return None
+
+    def __repr__(self):
+        return "Pin(%s)" % self._id
+
+
+# -- misc --
+
+_freq = 160000000
+_irq_state = 1
+
+
+def unique_id():
+    return _base_mac()
+
+
+def freq(*hz):
+    global _freq
+    if hz:
+        _freq = int(hz[0])
+        return None
+    return _freq
+
+
+def disable_irq():
+    global _irq_state
+    s = _irq_state
+    _irq_state = 0
+    return s
+
+
+def enable_irq(state=1):
+    global _irq_state
+    _irq_state = state
