@@ -20,7 +20,7 @@ test: setup
 	$(BIN)/python -m pytest host_tests
 
 demo: setup
-	@echo 'make demo: not yet available (the firmware and simulator land with issue 3)'
+	$(BIN)/jbdgw sim --scenario tools/scenarios/demo.json --config tools/scenarios/demo-config.json --wakes 3
 
 bench: setup
 	$(BIN)/jbdgw bench

@@ -1,0 +1,123 @@
+"""Runs the unchanged firmware on the MicroPython unix port against virtual BMS devices and
+a real MQTT broker, and collects what arrives there."""
+
+from __future__ import annotations
+
+import json
+from decimal import ROUND_HALF_UP, Decimal
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from jbdgw.broker import Subscriber
+from jbdgw.image import build_image
+from jbdgw.sim import WakeResult, run_wakes
+
+
+@dataclass
+class SimRun:
+    topic: str
+    wakes: list[WakeResult]
+    messages: list  # jbdgw.broker.Message, in arrival order
+
+    def on(self, topic: str) -> list[dict]:
+        return [json.loads(m.payload) for m in self.messages if m.topic == topic]
+
+    @property
+    def readings(self) -> list[dict]:
+        return [json.loads(m.payload) for m in self.messages if not m.topic.endswith("/status")]
+
+    @property
+    def statuses(self) -> list[dict]:
+        return self.on(self.topic + "/status")
+
+    def events(self, wake: int, ev: str) -> list[dict]:
+        return [e for e in self.wakes[wake].events if e["ev"] == ev]
+
+
+def config_for(broker, bms, topic: str | None = None, **extra) -> dict:
+    cfg = {
+        "wifi": {"ssid": "demo", "password": "demo-pass"},
+        "mqtt": {"host": broker.host, "port": broker.port, "topic": topic or "t" + uuid.uuid4().hex[:10]},
+        "bms": bms,
+        "interval_min": 5,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def run_gateway(tmp_path: Path, broker, scenario: dict, config: dict, wakes: int = 1,
+                heapsize: str | None = None, expect_messages: int | None = None,
+                image: Path | None = None) -> SimRun:
+    topic = config["mqtt"]["topic"]
+    image = image or build_image(tmp_path / "image", config)
+    with Subscriber(broker.host, broker.port, [topic + "/#"]) as sub:
+        results = run_wakes(image, scenario, wakes, tmp_path / "state", heapsize=heapsize, timeout_s=60)
+        published = sum(1 for w in results for e in w.events if e["ev"] == "mqtt_publish")
+        sub.wait_for(expect_messages if expect_messages is not None else published, timeout=10)
+        messages = list(sub.messages)
+    return SimRun(topic, results, messages)
+
+
+def battery(cells, current_ma=-1250, **kw) -> dict:
+    """A battery state in exact wire units (multiples of 10 mV/mA/mAh)."""
+    b = {
+        "cells_mv": list(cells),
+        "voltage_mv": (sum(cells) // 10) * 10,
+        "current_ma": current_ma,
+        "remaining_mah": 65710,
+        "nominal_mah": 100000,
+        "cycles": 12,
+        "production_date": "2023-05-16",
+        "temps_dc": [215, -32],
+        "balance_bits": 0,
+        "protection_bits": 0,
+        "fet_bits": 3,
+        "soc_pct": 66,
+        "version": 32,
+    }
+    b.update(kw)
+    return b
+
+
+def device(name="Cabin 580ah", address="a4:c1:38:30:c2:8e", bat=None, **kw) -> dict:
+    d = {"name": name, "address": address, "addr_type": 0, "rssi": -60, "latency_ms": 15,
+         "model": "JBD-SP04S034-L4S-200A-B-U", "battery": bat or battery([3300, 3310, 3290, 3305])}
+    d.update(kw)
+    return d
+
+
+def fixed(value: int, places: int) -> float:
+    return round(value / 10**places, places)
+
+
+def expected_reading(bat: dict) -> dict:
+    """The old script's keys and ours, computed from the battery state (not the firmware)."""
+    cells = bat["cells_mv"]
+    v, i = bat["voltage_mv"], bat["current_ma"]
+    exp = {
+        "volts": fixed(v // 10, 2),
+        "amps": fixed(i // 10 if i >= 0 else -(-i // 10), 2),
+        # half away from zero, as the firmware documents (not Python's round-half-even)
+        "watts": float((Decimal(v) * Decimal(i) / Decimal(10**6)).quantize(Decimal("0.01"), ROUND_HALF_UP)),
+        "capacity": fixed(bat["nominal_mah"] // 10, 2),
+        "remain": fixed(bat["remaining_mah"] // 10, 2),
+        "percent": bat["soc_pct"],
+        "soc": bat["soc_pct"],
+        "cycles": bat["cycles"],
+        "temps": [t / 10 for t in bat["temps_dc"]],
+        "cells": cells,
+        "cell_count": len(cells),
+        "cell_min": min(cells),
+        "cell_max": max(cells),
+        "cell_delta": max(cells) - min(cells),
+        "balancing": [k + 1 for k in range(len(cells)) if bat["balance_bits"] >> k & 1],
+        "charge_fet": bool(bat["fet_bits"] & 1),
+        "discharge_fet": bool(bat["fet_bits"] & 2),
+        "production_date": bat["production_date"],
+    }
+    for k, t in enumerate(bat["temps_dc"]):
+        exp[f"temp{k + 1}"] = t / 10
+    for k, c in enumerate(cells):
+        exp[f"cell{k + 1}"] = c
+    return exp
