@@ -119,3 +119,13 @@ def test_clone_answering_0x05_with_error_still_reads(tmp_path, broker):
     run = run_gateway(tmp_path, broker, scenario(device(model=None)), config_for(broker, {"name": "Cabin 580ah"}))
     (r,) = run.readings
     assert "name" not in r and r["cells"] == [3300, 3310, 3290, 3305]
+
+
+def test_whole_cycle_fits_a_96k_heap(tmp_path, broker):
+    bat = battery([3300 + k for k in range(16)])
+    run = run_gateway(tmp_path, broker, scenario(device(bat=bat)), config_for(broker, {"name": "Cabin 580ah"}),
+                      wakes=2, heapsize="96K")
+    assert all(w.slept and w.sleep_ms == 300000 for w in run.wakes), [w.describe() for w in run.wakes]
+    assert [r["seq"] for r in run.readings] == [1, 2]
+    check_reading(run.readings[1], bat)
+    assert all(s["state"] == "ok" for s in run.statuses)

@@ -159,7 +159,8 @@ def start_broker(kind: str = "auto", timeout_s: float = 20.0) -> Broker:
     kind: "auto" (mosquitto if on PATH, else amqtt), "mosquitto" or "amqtt".
     Raises BrokerError when it does not come up within `timeout_s`.
     """
-    mosquitto = shutil.which("mosquitto")
+    # Debian installs it in /usr/sbin, which is not on every PATH.
+    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if kind == "auto":
         kind = "mosquitto" if mosquitto else "amqtt"
     if kind == "mosquitto" and not mosquitto:
