@@ -139,7 +139,8 @@ def _wifi(v):
         st = {}
         for k in ("ip", "netmask", "gateway", "dns"):
             st[k] = _ipv4(_str(s, k, "wifi.static."), "wifi.static." + k)
-        if prefix_len(st["netmask"]) is None:
+        st["prefix"] = prefix_len(st["netmask"])
+        if st["prefix"] is None:
             _fail("wifi.static.netmask", "%r is not a netmask" % st["netmask"], "use e.g. 255.255.255.0")
         out["static"] = st
     return out
@@ -216,6 +217,7 @@ def _bms(v):
             _fail("bms[%d]" % i, "repeats %r" % label, "list each BMS once")
         seen.append(label)
         e["label"] = label
+        e["slug"] = slug(label)
         out.append(e)
     return out
 

@@ -10,7 +10,6 @@ import machine
 from micropython import const
 
 from firmware import VERSION
-from firmware import config as configmod
 from firmware import state as statemod
 from firmware.jsonw import obj
 from firmware.reading import reading_json
@@ -39,7 +38,7 @@ def _topic_for(cfg, entry):
     topic = cfg["mqtt"]["topic"]
     if len(cfg["bms"]) == 1:
         return topic
-    return topic + "/" + configmod.slug(entry["label"])
+    return topic + "/" + entry["slug"]
 
 
 def _client_id(cfg):
@@ -101,7 +100,7 @@ class Wake:
             results = []
             self.fail("bms_timeout", "BLE phase exceeded %d s" % (_BLE_TOTAL_MS // 1000))
         self.mark("ble", t)
-        _unload("aioble", "firmware.ble")
+        _unload("firmware.ble", "jbd")
         return results
 
     def messages(self, results):
@@ -179,11 +178,16 @@ class Wake:
 
 
 def _unload(*prefixes):
-    # BLE is done for this wake: give its modules' memory to Wi-Fi, MQTT and TLS.
+    # A phase is done for this wake: give its modules' memory to the next one. A module
+    # is only freed once neither sys.modules nor its parent package refers to it.
     for name in list(sys.modules):
         for p in prefixes:
             if name == p or name.startswith(p + "."):
                 del sys.modules[name]
+                dot = name.rfind(".")
+                parent = sys.modules.get(name[:dot]) if dot > 0 else None
+                if parent is not None and hasattr(parent, name[dot + 1 :]):
+                    delattr(parent, name[dot + 1 :])
     gc.collect()
 
 
@@ -205,14 +209,18 @@ def run_wake():
     w = Wake()
     w.begin()
     t = time.ticks_ms()
+    from firmware import config
+
     try:
-        w.cfg = configmod.load()
-    except configmod.ConfigError as e:
+        w.cfg = config.load()
+    except config.ConfigError as e:
         print("gateway: config error:", e)
         print("gateway: fix config.json; retrying in %d min" % (_CONFIG_RETRY_MS // 60000))
         w.errors.append("config: %s" % e)
         w.save()
         return _CONFIG_RETRY_MS
+    config = None
+    _unload("firmware.config")
     w.mark("config", t)
     gc.collect()
     results = w.read_bms()

@@ -5,8 +5,6 @@ import time
 import network
 from micropython import const
 
-from firmware.config import prefix_len
-
 _CONNECT_MS = const(15000)
 _RECONNECTS = const(2)
 _POLL_MS = const(20)
@@ -59,7 +57,7 @@ def connect(cfg, cache):
         pass
     st = cfg["static"]
     if st:
-        wlan.ipconfig(addr4="%s/%d" % (st["ip"], prefix_len(st["netmask"])), gw4=st["gateway"])
+        wlan.ipconfig(addr4="%s/%d" % (st["ip"], st["prefix"]), gw4=st["gateway"])
         network.ipconfig(dns=st["dns"])
     ssid, key = cfg["ssid"], cfg["password"]
     if cache:

@@ -88,12 +88,14 @@ def test_minimal_config_gets_defaults(results):
     }
     assert cfg["interval_min"] == 5
     assert cfg["bms"] == [{"name": "Cabin 580ah", "address": None, "addr_type": 0, "service": None,
-                           "notify": None, "write": None, "label": "Cabin 580ah"}]
+                           "notify": None, "write": None, "label": "Cabin 580ah", "slug": "cabin-580ah"}]
 
 
 def test_example_config_is_valid(results):
     cfg = results[1]["ok"]
     assert cfg["wifi"]["static"]["ip"] == "192.168.1.50"
+    assert cfg["wifi"]["static"]["prefix"] == 24
+    assert [b["slug"] for b in cfg["bms"]] == ["cabin-580ah", "a4c13830c28e"]
     assert [b["label"] for b in cfg["bms"]] == ["Cabin 580ah", "a4:c1:38:30:c2:8e"]
 
 

@@ -507,3 +507,39 @@ def test_stop_and_reactivate(tmp_path):
     assert res["raw_scan"] == 19  # ENODEV
     assert res["names"] == ["Cabin 580ah"] and res["active"] is True
     assert any(e["ev"] == "ble_stop" for e in events)
+
+
+def test_ghost_connect_and_cancel(tmp_path):
+    body = """
+    async def main():
+        out = {}
+        try:
+            await aioble.Device(0, %r).connect(timeout_ms=40, scan_duration_ms=2000)
+            out["first"] = "ok"
+        except asyncio.TimeoutError:
+            out["first"] = "timeout"
+        # The controller is still trying: a new connect is refused ...
+        try:
+            await aioble.Device(0, %r).connect(timeout_ms=500)
+            out["second"] = "ok"
+        except OSError as e:
+            out["second"] = "OSError %%d" %% e.args[0]
+        # ... until the attempt is cancelled (the documented workaround).
+        try:
+            aioble.core.ble.gap_connect(None)
+            out["cancel"] = "ok"
+        except OSError:
+            out["cancel"] = "OSError"
+        await asyncio.sleep_ms(20)
+        conn = await aioble.Device(0, %r).connect(timeout_ms=2000)
+        out["third"] = conn.is_connected()
+        await conn.disconnect()
+        result(**out)
+    """ % (ADDR, ADDR, ADDR)
+    import errno
+
+    res, events = run_mp(tmp_path, body, [device(connect_ms=150)])
+    assert res["first"] == "timeout"
+    assert res["second"] == "OSError %d" % errno.EALREADY
+    assert res["cancel"] == "ok" and res["third"] is True
+    assert any(e["ev"] == "connect" and e.get("reason") == "cancelled" for e in events)
