@@ -165,7 +165,9 @@ async def _session(addr_type, addr, entry, want_name):
             "name": name,
             "frame_errors": asm.errors,
         }
-    except aioble.DeviceDisconnectedError:
+    except (aioble.DeviceDisconnectedError, OSError) as e:
+        if conn.is_connected() and isinstance(e, OSError):
+            raise BmsError("bms_error", "%s: BLE error %r" % (addr, e))
         raise BmsError("bms_disconnected", "%s dropped the connection mid-read" % addr)
     finally:
         try:

@@ -124,7 +124,7 @@ class Wake:
             per_bms.append([("bms", label), ("state", "ok"), ("frame_errors", r["frame_errors"])])
         return out, per_bms
 
-    def status(self, per_bms, ts):
+    def status(self, per_bms, ts, waiting):
         gc.collect()
         pairs = [
             ("state", self.state),
@@ -137,27 +137,32 @@ class Wake:
             ("prev_mqtt_ms", self.st.get("mqtt_ms")),
             ("heap_free", gc.mem_free()),
             ("bms", [obj(p) for p in per_bms]),
+            ("backlog", waiting),
             ("errors", self.errors),
             ("prev_error", self.st.get("last_error")),
         ]
         return _status_json(pairs)
 
     def publish(self, msgs, per_bms):
-        from firmware import wifi
+        from firmware import backlog, wifi
 
         t = time.ticks_ms()
-        topic = self.cfg["mqtt"]["topic"] + "/status"
+        topic = (self.cfg["mqtt"]["topic"] + "/status").encode()
+        waiting = backlog.count()
+        sent = False
         try:
             self.st["wifi"] = wifi.connect(self.cfg["wifi"], self.st["wifi"])
             self.mark("wifi", t)
             from firmware import mqtt
 
             t = time.ticks_ms()
-            status = self.status(per_bms, unix_time())
+            status = self.status(per_bms, unix_time(), waiting)
             try:
-                sent = mqtt.publish_all(self.cfg["mqtt"], _client_id(self.cfg), topic.encode(), msgs + [(topic.encode(), status, True)])
+                n = mqtt.publish_all(self.cfg["mqtt"], _client_id(self.cfg), topic,
+                                     _chain(backlog.messages(), msgs, ((topic, status, True),)))
+                sent = True
                 self.st["mqtt_ms"] = _ms_since(t)
-                self.st["sent_bytes"] = sent
+                self.st["sent_bytes"] = n
             except Exception as e:  # OSError, MQTTException, TLS errors
                 self.fail("mqtt_failed", "broker %s:%d: %r" % (self.cfg["mqtt"]["host"], self.cfg["mqtt"]["port"], e))
         except wifi.WifiError as e:
@@ -165,6 +170,15 @@ class Wake:
             self.fail("wifi_failed", str(e))
         finally:
             wifi.off()
+        if sent:
+            if waiting:
+                print("gateway: sent %d readings from the backlog" % waiting)
+            backlog.clear()
+        elif msgs:
+            dropped = backlog.append(msgs)
+            print("gateway: kept %d readings for the next wake (%d waiting)" % (len(msgs) - dropped, waiting + len(msgs) - dropped))
+            if dropped:
+                self.errors.append("backlog full: %d readings dropped" % dropped)
 
     def save(self):
         self.st["last_error"] = self.errors[0] if self.errors else None
@@ -175,6 +189,12 @@ class Wake:
             self.st["names"] = {}
             self.st["macs"] = {}
             self.rtc.memory(statemod.encode(self.st))
+
+
+def _chain(*iterables):
+    for it in iterables:
+        for x in it:
+            yield x
 
 
 def _unload(*prefixes):

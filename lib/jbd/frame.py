@@ -222,6 +222,7 @@ class FrameAssembler:
                     self._reject(
                         "dropped a %d-byte register 0x%02X frame: %s" % (size, buf[1], why), 1
                     )
+                    self._junk = True  # the rest of this run is part of the same rejection
                 continue
             # Head frame incomplete. A whole valid frame further on means the head was cut
             # off (truncated reply, or a junk 0xDD with a large length byte): drop the head.
