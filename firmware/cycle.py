@@ -30,6 +30,17 @@ def unix_time():
     return t if t >= _CLOCK_VALID_AFTER else None
 
 
+def _set_clock():
+    # Once per power-on: the RTC keeps time through deep sleep, so later readings carry ts.
+    try:
+        import ntptime
+
+        ntptime.timeout = 2
+        ntptime.settime()
+    except Exception as e:  # no NTP on this network: readings keep "ts": null
+        print("gateway: clock not set:", repr(e))
+
+
 def _ms_since(t0):
     return time.ticks_diff(time.ticks_ms(), t0)
 
@@ -100,7 +111,13 @@ class Wake:
             results = []
             self.fail("bms_timeout", "BLE phase exceeded %d s" % (_BLE_TOTAL_MS // 1000))
         self.mark("ble", t)
-        _unload("firmware.ble", "jbd")
+        # BLE is off for the rest of the wake. Unhooking aioble's IRQ handler lets the
+        # modules and their connection state go, leaving the heap to Wi-Fi, MQTT and TLS.
+        import bluetooth
+
+        bluetooth.BLE().irq(None)
+        asyncio.new_event_loop()  # drops tasks the BLE phase left behind (and what they hold)
+        _unload("aioble", "firmware.ble", "jbd")
         return results
 
     def messages(self, results):
@@ -153,6 +170,8 @@ class Wake:
         try:
             self.st["wifi"] = wifi.connect(self.cfg["wifi"], self.st["wifi"])
             self.mark("wifi", t)
+            if unix_time() is None:
+                _set_clock()
             from firmware import mqtt
 
             t = time.ticks_ms()

@@ -438,6 +438,8 @@ class _BLE:
         return self._active
 
     def irq(self, handler):
+        if handler is not None and not callable(handler):
+            raise ValueError("invalid handler")  # as modbluetooth.c; None unregisters
         self._irq = handler
 
     def config(self, *args, **kwargs):
