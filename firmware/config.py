@@ -237,6 +237,33 @@ def validate(doc):
     }
 
 
+def strip_comments(text):
+    """Drop // comments (outside strings) so config.json can carry notes like the example."""
+    out = []
+    i = 0
+    n = len(text)
+    in_str = False
+    start = 0
+    while i < n:
+        c = text[i]
+        if in_str:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "/" and i + 1 < n and text[i + 1] == "/":
+            out.append(text[start:i])
+            while i < n and text[i] != "\n":
+                i += 1
+            start = i
+            continue
+        i += 1
+    out.append(text[start:])
+    return "".join(out)
+
+
 def load(path=CONFIG_FILE):
     try:
         with open(path) as f:
@@ -244,7 +271,7 @@ def load(path=CONFIG_FILE):
     except OSError:
         raise ConfigError("%s: cannot be read; copy it to the board (mpremote cp config.json :)" % path)
     try:
-        doc = json.loads(text)
+        doc = json.loads(strip_comments(text))
     except ValueError:
         raise ConfigError("%s: is not valid JSON; check quotes, commas and braces" % path)
     return validate(doc)

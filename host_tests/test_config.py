@@ -73,7 +73,11 @@ def run_checker(interpreter: list[str], cases: list, tmp_path, env_key: str) -> 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cfg")
-    cases = [GOOD, json.load(open(REPO / "config.example.json"))] + [doc for doc, _ in BAD]
+    sys.path.insert(0, str(REPO))
+    from firmware.config import strip_comments
+
+    example = json.loads(strip_comments((REPO / "config.example.json").read_text()))
+    cases = [GOOD, example] + [doc for doc, _ in BAD]
     mpy = run_checker([micropython_bin()], cases, tmp, "MICROPYPATH")
     cpy = run_checker([sys.executable], cases, tmp, "PYTHONPATH")
     assert mpy == cpy
@@ -113,3 +117,31 @@ def test_service_override_fills_notify_and_write(results, tmp_path):
     (got,) = run_checker([micropython_bin()], [doc], tmp_path, "MICROPYPATH")
     assert got["ok"]["bms"][0]["service"] == 0xFFF0
     assert (got["ok"]["bms"][0]["notify"], got["ok"]["bms"][0]["write"]) == (0xFFF1, 0xFFF2)
+
+
+def run_loader(interpreter: list[str], paths: list, env_key: str) -> list[dict]:
+    env = {**os.environ, env_key: str(REPO)}
+    out = subprocess.run(
+        interpreter + [str(REPO / "host_tests" / "mp_config_load.py")] + [str(p) for p in paths],
+        capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_commented_example_loads_and_comments_inside_strings_survive(tmp_path):
+    tricky = tmp_path / "tricky.json"
+    tricky.write_text(
+        '{"wifi": {"ssid": "a//b", "password": "x\\\\"}, // trailing note\n'
+        ' "mqtt": {"host": "h", "topic": "t"}, "bms": {"name": "B \\" // c"}}\n'
+    )
+    missing = tmp_path / "missing.json"
+    paths = [REPO / "config.example.json", tricky, missing]
+    mpy = run_loader([micropython_bin()], paths, "MICROPYPATH")
+    assert mpy == run_loader([sys.executable], paths, "PYTHONPATH")
+    example, tricky_cfg, absent = mpy
+    assert example["ok"]["wifi"]["static"]["prefix"] == 24
+    assert example["ok"]["bms"][1]["address"] == "a4:c1:38:30:c2:8e"
+    assert tricky_cfg["ok"]["wifi"]["ssid"] == "a//b" and tricky_cfg["ok"]["wifi"]["password"] == "x\\"
+    assert tricky_cfg["ok"]["bms"][0]["name"] == 'B " // c'
+    assert absent["error"].endswith("cannot be read; copy it to the board (mpremote cp config.json :)")

@@ -77,7 +77,9 @@ def build_image(dest: Path, config: dict | Path, repo: Path = REPO, compile: boo
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
+        from jbdgw.devicecode import firmware_config
+
+        config = json.loads(firmware_config().strip_comments(Path(config).read_text(encoding="utf-8")))
     for name in TOP_FILES:
         src = repo / name
         if src.is_file():

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from jbdgw.cli import UsageError
+from jbdgw.devicecode import firmware_config
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def _load_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise UsageError(f"{what} file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # config.json may carry // comments, as config.example.json does.
+        data = json.loads(firmware_config().strip_comments(path.read_text(encoding="utf-8")))
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} file {path} is not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
