@@ -83,6 +83,9 @@ def _uuid_sets(entry):
     return UUID_SETS
 
 
+_FLAG_NOTIFY = const(0x10)
+
+
 async def _discover(conn, entry):
     for s, n, w in _uuid_sets(entry):
         service = await asyncio.wait_for_ms(conn.service(bluetooth.UUID(s)), _DISCOVER_MS)
@@ -91,6 +94,9 @@ async def _discover(conn, entry):
         notify = await asyncio.wait_for_ms(service.characteristic(bluetooth.UUID(n)), _DISCOVER_MS)
         write = await asyncio.wait_for_ms(service.characteristic(bluetooth.UUID(w)), _DISCOVER_MS)
         if notify is not None and write is not None:
+            if not notify.properties & _FLAG_NOTIFY or not hasattr(notify, "_notify_queue"):
+                what = "0x%04X" % n if isinstance(n, int) else n
+                raise BmsError("bms_no_service", "characteristic %s of %s cannot notify" % (what, conn.device.addr_hex()))
             return notify, write
     raise BmsError(
         "bms_no_service",
@@ -111,9 +117,14 @@ async def _next_chunk(conn, notify, left):
 
 async def _request(conn, notify, write, asm, register, reply_ms, tries):
     req = jbd.read_request(register)
+    errors0 = asm.errors
     bad = None
     for _ in range(tries):
-        await write.write(req)
+        try:
+            await write.write(req)
+        except (asyncio.TimeoutError, aioble.GattError) as e:  # write-with-response modules
+            bad = "write failed: %r" % (e,)
+            continue
         deadline = time.ticks_add(time.ticks_ms(), reply_ms)
         while True:
             left = time.ticks_diff(deadline, time.ticks_ms())
@@ -132,7 +143,7 @@ async def _request(conn, notify, write, asm, register, reply_ms, tries):
                     raise
                 except jbd.FrameError as e:
                     bad = str(e)
-        if asm.last_error:
+        if asm.errors > errors0:  # only this request's rejections count
             bad = asm.last_error
     if bad:
         raise BmsError("bad_frame", "register 0x%02X: no valid reply in %d tries (%s)" % (register, tries, bad))
@@ -165,10 +176,13 @@ async def _session(addr_type, addr, entry, want_name):
             "name": name,
             "frame_errors": asm.errors,
         }
-    except (aioble.DeviceDisconnectedError, OSError) as e:
-        if conn.is_connected() and isinstance(e, OSError):
-            raise BmsError("bms_error", "%s: BLE error %r" % (addr, e))
-        raise BmsError("bms_disconnected", "%s dropped the connection mid-read" % addr)
+    except (aioble.DeviceDisconnectedError, OSError, asyncio.TimeoutError) as e:
+        # aioble does not tie discovery to disconnects: a dropped link looks like a timeout.
+        if not conn.is_connected():
+            raise BmsError("bms_disconnected", "%s dropped the connection mid-read" % addr)
+        if isinstance(e, asyncio.TimeoutError):
+            raise BmsError("bms_timeout", "%s: GATT discovery or subscribe timed out" % addr)
+        raise BmsError("bms_error", "%s: BLE error %r" % (addr, e))
     finally:
         try:
             await conn.disconnect(timeout_ms=_DISCONNECT_MS)
@@ -186,6 +200,7 @@ async def read_one(entry, st, found, want_name):
         cached = True
     elif name in found:
         addr_type, addr = found[name]
+        st["macs"][name] = [addr_type, addr]  # the name matched; the cycle forgets it if reads keep failing
     else:
         raise BmsError(
             "bms_not_found",
@@ -209,9 +224,8 @@ async def read_one(entry, st, found, want_name):
     return result
 
 
-async def read_all(entries, st, want_name):
-    """One result dict per entry: the read, or {"state", "error"} when it failed."""
-    results = []
+async def read_all(entries, st, want_name, results):
+    """Appends one result dict per entry to `results`: the read, or {"state", "error"}."""
     try:
         need = []
         for e in entries:
@@ -224,12 +238,9 @@ async def read_all(entries, st, want_name):
                 r["state"] = "ok"
             except BmsError as ex:
                 r = {"state": ex.state, "error": str(ex)}
-            except asyncio.TimeoutError:
-                r = {"state": "bms_timeout", "error": "GATT discovery or subscribe timed out"}
             except Exception as ex:  # one odd BMS must not cost the others their reading
                 r = {"state": "bms_error", "error": repr(ex)}
             r["entry"] = e
             results.append(r)
     finally:
         aioble.stop()
-    return results

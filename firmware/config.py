@@ -167,7 +167,8 @@ def _mqtt(v):
         "host": _str(m, "host", "mqtt."),
         "port": _int(m, "port", "mqtt.", 1, 65535, 8883 if tls else 1883),
         "user": _str(m, "user", "mqtt.", required=False),
-        "password": _str(m, "password", "mqtt.", required=False, empty=True),
+        # umqtt sends a password whenever a user is set, so a missing one is "".
+        "password": _str(m, "password", "mqtt.", required=False, empty=True, default="" if m.get("user") else None),
         "topic": check_topic(_str(m, "topic", "mqtt.", required=False, default=DEFAULT_TOPIC), "mqtt.topic"),
         "client_id": _str(m, "client_id", "mqtt.", required=False),
         "tls": tls,

@@ -2,7 +2,7 @@
 from umqtt.simple import MQTTClient
 
 OFFLINE = b'{"state":"offline"}'
-_CONNECT_TIMEOUT_S = 10
+_IO_TIMEOUT_S = 10
 
 
 def _tls_context():
@@ -14,30 +14,49 @@ def _tls_context():
     return ctx
 
 
-def publish_all(cfg, client_id, status_topic, messages):
-    """messages: [(topic bytes, payload bytes, retain)]. Raises OSError or MQTTException."""
-    client = MQTTClient(
-        client_id,
-        cfg["host"],
-        cfg["port"],
-        cfg["user"],
-        cfg["password"],
-        cfg["keepalive"],
-        ssl=_tls_context() if cfg["tls"] else None,
-    )
-    # The will fires only if the link dies mid-session; a clean disconnect suppresses it.
-    client.set_last_will(status_topic, OFFLINE, retain=True)
-    client.connect(timeout=_CONNECT_TIMEOUT_S)
-    try:
-        sent = 0
-        for topic, payload, retain in messages:
-            # QoS 1: publish() returns only once the broker acknowledged the message.
-            client.publish(topic, payload, retain, 1)
-            sent += len(payload)
-        client.disconnect()
-        return sent
-    finally:
+def _b(s):
+    # umqtt writes len(str) as the length: non-ASCII text must go as bytes.
+    return s.encode() if isinstance(s, str) else s
+
+
+class Session:
+    """Publishes messages one by one; .acked counts those the broker acknowledged."""
+
+    def __init__(self, cfg, client_id, status_topic):
+        self.acked = 0
+        self.sent_bytes = 0
+        self.client = MQTTClient(
+            _b(client_id),
+            cfg["host"],
+            cfg["port"],
+            _b(cfg["user"]),
+            _b(cfg["password"]),
+            cfg["keepalive"],
+            ssl=_tls_context() if cfg["tls"] else None,
+        )
+        # The will fires only if the link dies mid-session; a clean disconnect suppresses it.
+        self.client.set_last_will(status_topic, OFFLINE, retain=True)
+
+    def connect(self):
         try:
-            client.sock.close()
-        except Exception:
-            pass
+            self.client.connect(timeout=_IO_TIMEOUT_S)
+        except TypeError:  # umqtt.simple before 1.5 (MicroPython < 1.25) has no timeout
+            self.client.connect()
+
+    def publish(self, topic, payload, retain):
+        # wait_msg() leaves the socket blocking after each PUBACK: re-arm the timeout.
+        self.client.sock.settimeout(_IO_TIMEOUT_S)
+        # QoS 1: publish() returns only once the broker acknowledged the message.
+        self.client.publish(topic, payload, retain, 1)
+        self.acked += 1
+        self.sent_bytes += len(payload)
+
+    def close(self, clean):
+        try:
+            if clean:
+                self.client.disconnect()
+        finally:
+            try:
+                self.client.sock.close()
+            except Exception:
+                pass

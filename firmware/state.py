@@ -37,6 +37,9 @@ _SHAPE = (
     ("names", None, dict),  # BMS label -> model string from register 0x05
     ("name_wake", None, dict),  # BMS label -> wake number of the last 0x05 read
     ("wifi", None, list),  # [bssid hex, channel]
+    ("fails", None, dict),  # BMS label -> failed reads in a row
+    ("backlog_at", 0, int),  # bytes of the flash backlog already delivered
+    ("ntp_seq", 0, int),  # seq of the last NTP attempt
     ("mqtt_ms", None, int),
     ("sent_bytes", None, int),
     ("last_error", None, str),
@@ -115,6 +118,7 @@ def next_seq(st, restored):
         st["seq"] = st["seq_limit"] = max(read_seq_limit(), st["seq_limit"])
     st["seq"] += 1
     if st["seq"] > st["seq_limit"]:
-        st["seq_limit"] = st["seq"] + SEQ_BLOCK - 1
-        write_seq_limit(st["seq_limit"])
+        limit = st["seq"] + SEQ_BLOCK - 1
+        write_seq_limit(limit)
+        st["seq_limit"] = limit  # only once it is in flash, or a power loss could reuse seq
     return st["seq"]

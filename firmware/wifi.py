@@ -8,6 +8,7 @@ from micropython import const
 _CONNECT_MS = const(15000)
 _RECONNECTS = const(2)
 _POLL_MS = const(20)
+_FAIL_GRACE_MS = const(3000)
 
 
 class WifiError(Exception):
@@ -27,7 +28,9 @@ def _wait(wlan, ssid):
         s = wlan.status()
         if s == network.STAT_GOT_IP or wlan.isconnected():
             return
-        if s < network.STAT_IDLE:  # ESP32 failure reasons are below STAT_IDLE (1000)
+        # ESP32 failure reasons are below STAT_IDLE (1000). The driver keeps the previous
+        # attempt's reason until it gets an IP, so a failure counts only after a grace period.
+        if s < network.STAT_IDLE and time.ticks_diff(time.ticks_ms(), t0) > _FAIL_GRACE_MS:
             raise WifiError("could not join %r: %s" % (ssid, _status_name(s)))
         if time.ticks_diff(time.ticks_ms(), t0) > _CONNECT_MS:
             raise WifiError("could not join %r within %d s (status %s)" % (ssid, _CONNECT_MS // 1000, _status_name(s)))
@@ -57,8 +60,11 @@ def connect(cfg, cache):
         pass
     st = cfg["static"]
     if st:
-        wlan.ipconfig(addr4="%s/%d" % (st["ip"], st["prefix"]), gw4=st["gateway"])
-        network.ipconfig(dns=st["dns"])
+        try:
+            wlan.ipconfig(addr4="%s/%d" % (st["ip"], st["prefix"]), gw4=st["gateway"])
+            network.ipconfig(dns=st["dns"])
+        except AttributeError:  # MicroPython before 1.24 has only ifconfig()
+            wlan.ifconfig((st["ip"], st["netmask"], st["gateway"], st["dns"]))
     ssid, key = cfg["ssid"], cfg["password"]
     if cache:
         try:
@@ -68,7 +74,10 @@ def connect(cfg, cache):
             return cache
         except (WifiError, OSError, ValueError) as e:
             print("wifi: cached access point failed (%s); scanning" % e)
-            wlan.disconnect()
+            try:
+                wlan.disconnect()
+            except OSError:
+                pass
     ap = _find_ap(wlan, ssid)
     if ap is None:
         wlan.connect(ssid, key)

@@ -48,7 +48,7 @@ def config_for(broker, bms, topic: str | None = None, **extra) -> dict:
 
 def run_gateway(tmp_path: Path, broker, scenario: dict, config: dict, wakes: int = 1,
                 heapsize: str | None = None, expect_messages: int | None = None,
-                image: Path | None = None, between=None, **kw) -> SimRun:
+                image: Path | None = None, between=None, timeout_s: float = 90, **kw) -> SimRun:
     """`between(index, scenario)` may change the world after wake `index` (0-based)."""
     topic = config["mqtt"]["topic"]
     image = image or build_image(tmp_path / "image", config)
@@ -62,7 +62,7 @@ def run_gateway(tmp_path: Path, broker, scenario: dict, config: dict, wakes: int
             path.write_text(json.dumps(scenario))
 
     with Subscriber(broker.host, broker.port, [topic + "/#"]) as sub:
-        results = run_wakes(image, path, wakes, tmp_path / "state", heapsize=heapsize, timeout_s=90,
+        results = run_wakes(image, path, wakes, tmp_path / "state", heapsize=heapsize, timeout_s=timeout_s,
                             on_wake=on_wake, **kw)
         published = sum(1 for w in results for e in w.events if e["ev"] == "mqtt_publish")
         sub.wait_for(expect_messages if expect_messages is not None else published, timeout=10)

@@ -112,6 +112,12 @@ def test_bad_config_names_key_problem_and_fix(results, i):
     assert ";" in got["error"]  # what is wrong; how to fix it
 
 
+def test_mqtt_user_without_password_gets_an_empty_one(tmp_path):
+    doc = with_("mqtt.user", "gateway")
+    (got,) = run_checker([micropython_bin()], [doc], tmp_path, "MICROPYPATH")
+    assert got["ok"]["mqtt"]["password"] == ""
+
+
 def test_service_override_fills_notify_and_write(results, tmp_path):
     doc = with_("bms", [{"name": "A", "service": "fff0"}])
     (got,) = run_checker([micropython_bin()], [doc], tmp_path, "MICROPYPATH")

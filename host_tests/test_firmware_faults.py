@@ -151,3 +151,32 @@ def test_safe_mode_returns_to_the_repl(tmp_path, broker):
     run = run_gateway(tmp_path, broker, scenario(), cfg, wakes=2, image=image)
     assert len(run.wakes) == 1 and not run.wakes[0].slept and run.wakes[0].returncode == 0
     assert run.events(0, "wdt") == [] and "safe mode" in run.wakes[0].stdout
+
+
+def test_wake_cut_short_does_not_reuse_seq(tmp_path, broker):
+    cfg = config_for(broker, {"address": MAC})
+    image = build_image(tmp_path / "image", cfg)
+    # The BMS answers too slowly for the driver's 0.6 s limit: the wake is killed like a
+    # watchdog reset or a power cut that spares RTC memory.
+    cut = run_gateway(tmp_path, broker, scenario(device(latency_ms=3000)), cfg, image=image, timeout_s=0.6)
+    assert cut.wakes[0].timed_out and cut.messages == []
+    again = run_gateway(tmp_path, broker, scenario(), cfg, image=image, first_reset_cause=3)
+    (r,) = again.readings
+    assert r["seq"] == 2  # seq 1 was handed out before the cut and is never reused
+
+
+def test_a_cached_mac_that_keeps_failing_is_scanned_again(tmp_path, broker):
+    # The module advertising the name answers on 0xFFF0 only, while the config pins 0xFF00:
+    # every read fails fast with bms_no_service.
+    cfg = config_for(broker, {"name": "Cabin 580ah", "service": "ff00"})
+    run = run_gateway(tmp_path, broker, scenario(device(uuids="fff0")), cfg, wakes=5)
+    scans = [len(run.events(i, "scan")) for i in range(5)]
+    assert scans == [1, 0, 0, 1, 0]  # forgotten after three failures in a row
+    assert all(s["state"] == "bms_no_service" for s in run.statuses)
+
+
+def test_mqtt_user_without_password_connects(tmp_path, broker):
+    cfg = config_for(broker, {"name": "Cabin 580ah"})
+    cfg["mqtt"]["user"] = "gateway"
+    run = run_gateway(tmp_path, broker, scenario(), cfg)
+    assert run.statuses[0]["state"] == "ok" and len(run.readings) == 1
