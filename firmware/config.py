@@ -278,6 +278,17 @@ def load(path=CONFIG_FILE):
     return validate(doc)
 
 
+def reporting_sections(path=CONFIG_FILE):
+    """When the config is unusable but its wifi and mqtt sections are fine, those two
+    (normalized), so the error can still be published; else None."""
+    try:
+        with open(path) as f:
+            doc = json.loads(strip_comments(f.read()))
+        return {"wifi": _wifi(doc["wifi"]), "mqtt": _mqtt(doc["mqtt"])}
+    except Exception:  # unreadable, not JSON, or the sections themselves are bad
+        return None
+
+
 def slug(label):
     """Topic level for a BMS: lower case, non-alphanumerics as '-'; a MAC loses its colons."""
     if normalize_mac_or_none(label):

@@ -324,9 +324,16 @@ def run_wake(w):
     try:
         w.cfg = config.load()
     except config.ConfigError as e:
-        print("gateway: config error:", e)
+        w.fail("config_error", "config.json: %s" % e)
         print("gateway: fix config.json; retrying in %d min" % (_CONFIG_RETRY_MS // 60000))
-        w.errors.append("config: %s" % e)
+        sections = config.reporting_sections()
+        config = None
+        _unload("firmware.config")
+        if sections is not None:  # Wi-Fi and MQTT are usable: tell the user where they look
+            w.cfg = {"wifi": sections["wifi"], "mqtt": sections["mqtt"], "bms": [], "interval_min": 15}
+            w.feed()
+            w.publish([], [])
+            w.cfg = None  # keep the BMS caches: the config is not known to be valid
         w.save()
         return _CONFIG_RETRY_MS
     config = None

@@ -124,6 +124,19 @@ def test_bad_config_sleeps_15_minutes_without_crashing(tmp_path, broker, text, w
     assert words in run.wakes[0].stdout and "Traceback" not in run.wakes[0].stdout + run.wakes[0].stderr
 
 
+def test_config_error_is_published_when_wifi_and_mqtt_are_usable(tmp_path, broker):
+    cfg = config_for(broker, {"name": "Cabin 580ah"})
+    cfg["bms"] = [{"nmae": "Cabin 580ah"}]
+    image = build_image(tmp_path / "image", {"interval_min": 5})
+    (image / "config.json").write_text(json.dumps(cfg))
+    run = run_gateway(tmp_path, broker, scenario(), cfg, image=image)
+    assert run.wakes[0].sleep_ms == 900000 and run.readings == []
+    (s,) = run.statuses
+    assert s["state"] == "config_error"
+    assert s["errors"] == ["config.json: bms[0].nmae: unknown key; remove it or fix the spelling "
+                           "(allowed here: addr_type, address, name, notify, service, write)"]
+
+
 def test_corrupt_rtc_memory_means_no_cache_not_a_crash(tmp_path, broker):
     state = tmp_path / "state"
     state.mkdir()
