@@ -129,3 +129,30 @@ def test_whole_cycle_fits_a_96k_heap(tmp_path, broker):
     assert [r["seq"] for r in run.readings] == [1, 2]
     check_reading(run.readings[1], bat)
     assert all(s["state"] == "ok" for s in run.statuses)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_demo_as_a_newcomer_runs_it(kind, tmp_path):
+    """`make demo`'s command, through the fallback broker and through mosquitto."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    if kind == "mosquitto" and not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.skip("mosquitto not installed (CI installs it)")
+    jbdgw = os.path.join(os.path.dirname(sys.executable), "jbdgw")
+    out = subprocess.run(
+        [jbdgw, "sim", "--scenario", "tools/scenarios/demo.json", "--config", "tools/scenarios/demo-config.json",
+         "--wakes", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "JBDGW_BROKER": kind},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"broker: {kind} on 127.0.0.1:")
+    readings = [json.loads(line.split("  ", 1)[1]) for line in lines if line.startswith("solar  ")]
+    assert [r["seq"] for r in readings] == [1, 2, 3]
+    assert all(r["bms"] == "Cabin 580ah" and r["cell_count"] == 4 for r in readings)
+    assert "3 wake(s), 6 message(s), 0 failed" in out.stdout

@@ -156,13 +156,15 @@ def _amqtt_cmd(tmp: Path, port: int) -> list[str]:
 def start_broker(kind: str = "auto", timeout_s: float = 20.0) -> Broker:
     """Start a broker on a free 127.0.0.1 port and wait until it accepts MQTT.
 
-    kind: "auto" (mosquitto if on PATH, else amqtt), "mosquitto" or "amqtt".
+    kind: "auto" (the JBDGW_BROKER environment variable, else mosquitto if installed, else
+    amqtt), "mosquitto" or "amqtt".
     Raises BrokerError when it does not come up within `timeout_s`.
     """
     # Debian installs it in /usr/sbin, which is not on every PATH.
     mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if kind == "auto":
-        kind = "mosquitto" if mosquitto else "amqtt"
+        # JBDGW_BROKER=amqtt runs the fallback even where mosquitto is installed.
+        kind = os.environ.get("JBDGW_BROKER") or ("mosquitto" if mosquitto else "amqtt")
     if kind == "mosquitto" and not mosquitto:
         raise BrokerError("mosquitto is not installed (apt install mosquitto), or use kind='amqtt'")
     if kind not in ("mosquitto", "amqtt"):
