@@ -41,20 +41,7 @@ def _micropython():
 
 
 ADDR = "a4:c1:38:30:c2:8e"
-BATTERY = {
-    "cells_mv": [3300, 3310, 3290, 3300],
-    "current_ma": -1250,
-    "remaining_mah": 65710,
-    "nominal_mah": 100000,
-    "cycles": 12,
-    "production_date": "2023-05-16",
-    "temps_dc": [215, 220],
-    "balance_bits": 0,
-    "protection_bits": 0,
-    "fet_bits": 3,
-    "soc_pct": 66,
-    "version": 32,
-}
+BATTERY = dict(vbms.DEFAULT_BATTERY, cells_mv=[3300, 3310, 3290, 3300])
 
 
 def device(**kw):
