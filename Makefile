@@ -20,7 +20,7 @@ test: setup
 	$(BIN)/python -m pytest host_tests
 
 demo: setup
-	$(BIN)/jbdgw sim --scenario tools/scenarios/demo.json --config tools/scenarios/demo-config.json --wakes 3
+	$(BIN)/jbdgw sim --scenario tools/scenarios/demo.json --config tools/scenarios/demo-config.json --wakes 3 --heapsize 96K
 
 bench: setup
 	$(BIN)/jbdgw bench
