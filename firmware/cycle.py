@@ -12,8 +12,6 @@ from micropython import const
 
 from firmware import VERSION
 from firmware import state as statemod
-from firmware.jsonw import obj
-from firmware.reading import reading_json
 
 _CONFIG_RETRY_MS = const(900000)  # a config that cannot be used: retry in 15 min, no boot loop
 _WDT_MS = const(120000)  # fed between phases; each phase is bounded well below this
@@ -120,6 +118,9 @@ class Wake:
         return results
 
     def messages(self, results):
+        # Imported after the BLE phase, which is where the heap peaks.
+        from firmware.reading import reading_json
+
         ts = unix_time()
         out = []
         per_bms = []
@@ -154,6 +155,8 @@ class Wake:
             fails[label] = 0
 
     def status(self, per_bms, waiting):
+        from firmware.jsonw import obj
+
         gc.collect()
         pairs = [
             ("state", self.state),
@@ -304,6 +307,8 @@ def _unload(*prefixes):
 
 def _status_json(pairs):
     # ms is a nested ordered object; bms entries are pre-rendered objects.
+    from firmware.jsonw import obj
+
     parts = []
     for k, v in pairs:
         if k == "ms":
