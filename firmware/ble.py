@@ -192,12 +192,10 @@ async def _session(addr_type, addr, entry, want_name):
 
 async def read_one(entry, st, found, want_name):
     name = entry["name"]
-    cached = False
     if entry["address"]:
         addr_type, addr = entry["addr_type"], entry["address"]
     elif name in st["macs"]:
         addr_type, addr = st["macs"][name]
-        cached = True
     elif name in found:
         addr_type, addr = found[name]
         st["macs"][name] = [addr_type, addr]  # the name matched; the cycle forgets it if reads keep failing
@@ -207,19 +205,9 @@ async def read_one(entry, st, found, want_name):
             "no BLE device advertised the name %r within %d s: check the name (as the Xiaoxiang app shows it), range, and that no phone is connected"
             % (name, _SCAN_MS // 1000),
         )
-    try:
-        result = await _session(addr_type, addr, entry, want_name)
-    except BmsError as e:
-        if not cached or e.state != "bms_busy":
-            raise
-        # The cached MAC may be stale (module swapped): look for the name once more.
-        again = await scan_names([name])
-        if name not in again or again[name][1] == addr:
-            raise
-        addr_type, addr = again[name]
-        result = await _session(addr_type, addr, entry, want_name)
-    if name and not entry["address"]:
-        st["macs"][name] = [addr_type, addr]
+    # A stale cached MAC (module swapped) is not rescanned here: that would add a scan to
+    # every wake while a phone holds the BMS. The cycle forgets it after repeated failures.
+    result = await _session(addr_type, addr, entry, want_name)
     result["address"] = addr
     return result
 
