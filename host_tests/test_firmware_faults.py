@@ -193,3 +193,18 @@ def test_mqtt_user_without_password_connects(tmp_path, broker):
     cfg["mqtt"]["user"] = "gateway"
     run = run_gateway(tmp_path, broker, scenario(), cfg)
     assert run.statuses[0]["state"] == "ok" and len(run.readings) == 1
+
+
+def test_lost_notification_is_resynchronised_and_the_request_repeated(tmp_path, broker):
+    # The second chunk of the first 0x03 reply never arrives: the assembler is left with a
+    # cut-off frame, the request times out and is sent again, and the next reply is whole.
+    bat = battery([3300 + k for k in range(16)])
+    run = run_gateway(tmp_path, broker, scenario(device(bat=bat, lose_notifications=[1])),
+                      config_for(broker, {"address": MAC}))
+    assert [e["reason"] for e in run.events(0, "notify_lost")] == ["air"]
+    (r,) = run.readings
+    assert r["cells"] == bat["cells_mv"] and r["volts"] == bat["voltage_mv"] / 1000
+    writes = [e["hex"] for e in run.events(0, "write")]
+    assert writes.count("dda50300fffd77") == 2
+    (s,) = run.statuses
+    assert s["state"] == "ok" and s["bms"][0]["frame_errors"] == 1  # the torn frame, counted

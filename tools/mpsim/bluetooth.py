@@ -22,7 +22,8 @@
 # connect attempts fail as if the device was out of range), no_reply (list of
 # registers the BMS ignores), write_props (properties of the write char, default
 # READ|WRITE_NO_RESPONSE = 0x06), manufacturer_hex (AD type 0xFF payload),
-# advertising (false = never advertises).
+# advertising (false = never advertises), lose_notifications (list of 0-based
+# indexes, counted over the process, of notifications lost on the air).
 
 import asyncio
 import binascii
@@ -202,6 +203,8 @@ class _Peer:
         self.gatt_ms = int(d.get("gatt_ms", 10))
         self.drop_after_ms = d.get("drop_after_ms")
         self.connect_failures = int(d.get("connect_failures", 0))
+        self.lose = list(d.get("lose_notifications") or [])
+        self.sent = 0  # notifications put on the air so far
         self.bms = vbms.VirtualBMS(d)
         variant = str(d.get("uuids", "ff00")).lower()
         if variant == "fff0":
@@ -789,6 +792,10 @@ class _BLE:
         for chunk in out:
             if not (p.cccd & 1):
                 simlog.event("notify_lost", address=p.address, reason="not_subscribed", len=len(chunk))
+                continue
+            p.sent += 1
+            if p.sent - 1 in p.lose:
+                simlog.event("notify_lost", address=p.address, reason="air", len=len(chunk))
                 continue
             simlog.event("notify", address=p.address, len=len(chunk))
             self._call(_IRQ_GATTC_NOTIFY, (h, p.notify_handle, self._mv_data(chunk)))
