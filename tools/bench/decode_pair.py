@@ -1,23 +1,15 @@
 # MicroPython benchmark: reassemble and decode a 0x03 + 0x04 reply pair (16 cells, 2 NTCs).
 # Prints one JSON line: medians of time and heap allocation per pair.
-# Run: MICROPYPATH=lib micropython tools/bench/decode_pair.py [runs]
+# Run: MICROPYPATH=lib:tools/mpsim micropython tools/bench/decode_pair.py [runs]
 import gc
 import json
 import sys
 import time
 
 import jbd
+from vbms import response_frame as frame  # the virtual BMS's independent encoder
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 301
-
-
-def frame(register, data):
-    body = bytes([0, len(data)]) + data
-    s = 0
-    for b in body:
-        s += b
-    c = (0x10000 - s) & 0xFFFF
-    return bytes([0xDD, register]) + body + bytes([c >> 8, c & 0xFF, 0x77])
 
 
 def u16(v):

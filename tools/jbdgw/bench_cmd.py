@@ -12,27 +12,20 @@ import os
 import platform
 import subprocess
 import uuid
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from jbdgw import REPO
 from jbdgw.cli import UsageError
+from jbdgw.sim import find_micropython
 
 DECODE_TARGET_BYTES = 2048
 
 
-def micropython() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    raise UsageError("micropython not found next to this Python; run `make setup`")
-
-
 def bench_decode(runs: int) -> dict:
-    env = {**os.environ, "MICROPYPATH": str(REPO / "lib")}
+    env = {**os.environ, "MICROPYPATH": f"{REPO / 'lib'}:{REPO / 'tools' / 'mpsim'}"}
     out = subprocess.run(
-        [micropython(), str(REPO / "tools" / "bench" / "decode_pair.py"), str(runs)],
+        [find_micropython(), str(REPO / "tools" / "bench" / "decode_pair.py"), str(runs)],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     if out.returncode:
