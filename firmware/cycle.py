@@ -155,7 +155,7 @@ class Wake:
             fails[label] = 0
 
     def status(self, per_bms, waiting):
-        from firmware.jsonw import obj
+        from firmware.jsonw import Raw, obj
 
         gc.collect()
         pairs = [
@@ -164,16 +164,16 @@ class Wake:
             ("ts", unix_time()),
             ("fw", VERSION),
             ("reset", self.cause),
-            ("ms", [(k, self.ms[k]) for k in ("config", "ble", "wifi") if k in self.ms]),
+            ("ms", Raw(obj([(k, self.ms[k]) for k in ("config", "ble", "wifi") if k in self.ms]))),
             ("awake_ms", _ms_since(self.t0)),
             ("prev_mqtt_ms", self.st.get("mqtt_ms")),
             ("heap_free", gc.mem_free()),
-            ("bms", [obj(p) for p in per_bms]),
+            ("bms", [Raw(obj(p)) for p in per_bms]),
             ("backlog", waiting),
             ("errors", self.errors),
             ("prev_error", self.st.get("last_error")),
         ]
-        return _status_json(pairs)
+        return obj(pairs).encode()
 
     def publish(self, msgs, per_bms):
         from firmware import backlog, wifi
@@ -303,21 +303,6 @@ def _unload(*prefixes):
                 if parent is not None and hasattr(parent, name[dot + 1 :]):
                     delattr(parent, name[dot + 1 :])
     gc.collect()
-
-
-def _status_json(pairs):
-    # ms is a nested ordered object; bms entries are pre-rendered objects.
-    from firmware.jsonw import obj
-
-    parts = []
-    for k, v in pairs:
-        if k == "ms":
-            parts.append('"ms":' + obj(v))
-        elif k == "bms":
-            parts.append('"bms":[' + ",".join(v) + "]")
-        else:
-            parts.append(obj([(k, v)])[1:-1])
-    return ("{" + ",".join(parts) + "}").encode()
 
 
 def run_wake(w):

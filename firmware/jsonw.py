@@ -21,6 +21,13 @@ class Fixed:
         return "%s%d.%s%s" % (sign, v // scale, "0" * (self.places - len(frac)), frac)
 
 
+class Raw:
+    """JSON text written as it is (an object already rendered with obj())."""
+
+    def __init__(self, text):
+        self.text = text
+
+
 def div_round(num, den):
     """Integer num/den rounded half away from zero (den > 0)."""
     if num < 0:
@@ -51,6 +58,8 @@ def value(v):
         return "false"
     if isinstance(v, Fixed):
         return v.text()
+    if isinstance(v, Raw):
+        return v.text
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
