@@ -1,8 +1,10 @@
-# BLE phase: find each configured BMS, connect, ask for registers 0x03 and 0x04 (and 0x05
-# now and then), and reassemble the notification frames. Every await has a bound.
+# BLE phase: given which BMS to read and where, scan for the names without an address,
+# connect, ask for registers 0x03 and 0x04 (and 0x05 when asked to), reassemble the
+# notification frames, and return what was found. It reads and writes no state of its own:
+# the wake cycle decides the addresses and caches what comes back. Every await has a bound.
 import asyncio
 import time
-from collections import deque
+from binascii import unhexlify
 
 import aioble
 import bluetooth
@@ -20,9 +22,14 @@ _REPLY_MS = const(1500)
 _REQUEST_TRIES = const(3)
 _NAME_MS = const(1200)
 _DISCONNECT_MS = const(1500)
-# aioble keeps one queued notification and a reply arrives as 2-4 back-to-back ones
-# (micropython-lib#934), so the characteristic gets a deeper queue; see _next_chunk.
-_QUEUE_DEPTH = const(8)
+_FLAG_NOTIFY = const(0x10)
+
+# The events of the `bluetooth` module that the notification tap listens to.
+_IRQ_PERIPHERAL_CONNECT = const(7)
+_IRQ_GATTC_CHARACTERISTIC_RESULT = const(11)
+_IRQ_GATTC_NOTIFY = const(18)
+# A reply is at most 71 bytes (32 cells); this holds several even if the reader lags.
+_RING_BYTES = const(512)
 
 # (service, notify, write): the common dongle, then the JBD-DH04SC02 variant.
 UUID_SETS = ((0xFF00, 0xFF01, 0xFF02), (0xFFF0, 0xFFF1, 0xFFF2))
@@ -36,14 +43,85 @@ class BmsError(Exception):
         self.state = state
 
 
+class NotifyTap:
+    """Keeps every notification of one connection and characteristic, in arrival order.
+
+    aioble's ClientCharacteristic.notified() queues one notification and keeps only the
+    last of a burst (its queue is a one-deep deque, micropython-lib#934), while a JBD reply
+    arrives as 2-4 notifications delivered back to back. So the tap sees the raw events
+    through aioble's public hook, core.register_irq_handler: it learns our connection's
+    handle from the connect event (by address) and the notify characteristic's value
+    handle from discovery (by UUID), and copies each matching payload into a preallocated
+    ring (IRQ data is only valid during the call). Only the IRQ advances `wrote` and only
+    the reader advances `read`, so neither overwrites the other's bytes.
+    """
+
+    def __init__(self):
+        self.ring = memoryview(bytearray(_RING_BYTES))
+        self.flag = asyncio.ThreadSafeFlag()
+        self.arm(None, None)
+
+    def arm(self, addr, uuid):
+        self.addr = addr  # 6 bytes, as in the connect event
+        self.uuid = uuid  # bluetooth.UUID of the notify characteristic
+        self.conn = None
+        self.handle = None
+        self.wrote = 0
+        self.read = 0
+        self.overflow = 0
+
+    def irq(self, event, data):
+        if event == _IRQ_GATTC_NOTIFY:
+            if data[0] == self.conn and data[1] == self.handle:
+                self._put(data[2])
+        elif event == _IRQ_PERIPHERAL_CONNECT:
+            if self.addr is not None and bytes(data[2]) == self.addr:
+                self.conn = data[0]
+        elif event == _IRQ_GATTC_CHARACTERISTIC_RESULT:
+            if data[0] == self.conn and data[4] == self.uuid:
+                self.handle = data[2]
+        # None: aioble's own handlers see every event as well.
+
+    def _put(self, data):
+        n = len(data)
+        if n > _RING_BYTES - (self.wrote - self.read):
+            self.overflow += n  # the assembler resynchronises on the next frame
+            return
+        at = self.wrote % _RING_BYTES
+        first = min(n, _RING_BYTES - at)
+        self.ring[at : at + first] = data[:first]
+        if first < n:
+            self.ring[0 : n - first] = data[first:]
+        self.wrote += n
+        self.flag.set()
+
+    def drain(self, asm):
+        """Feeds everything received so far into the assembler; returns the frames."""
+        frames = []
+        while self.wrote != self.read:
+            at = self.read % _RING_BYTES
+            n = min(self.wrote - self.read, _RING_BYTES - at)
+            frames.extend(asm.feed(self.ring[at : at + n]))
+            self.read += n
+        return frames
+
+
+_tap = NotifyTap()
+aioble.core.register_irq_handler(_tap.irq, None)
+
+
+def mac_bytes(mac):
+    return unhexlify(mac.replace(":", ""))
+
+
 async def scan_names(names):
-    """Active scan until every name is seen or the time is up: {name: [addr_type, mac]}."""
+    """Active scan until every name is seen or the time is up: {name: (addr_type, mac)}."""
     found = {}
     async with aioble.scan(_SCAN_MS, interval_us=30000, window_us=30000, active=True) as scanner:
         async for result in scanner:
             n = result.name()
             if n in names and n not in found:
-                found[n] = [result.device.addr_type, result.device.addr_hex()]
+                found[n] = (result.device.addr_type, result.device.addr_hex())
                 if len(found) == len(names):
                     break
     return found
@@ -83,7 +161,15 @@ def _uuid_sets(entry):
     return UUID_SETS
 
 
-_FLAG_NOTIFY = const(0x10)
+async def _characteristics(service, notify_uuid, write_uuid):
+    # One discovery pass finds both (a characteristic() call per UUID would discover twice).
+    notify = write = None
+    async for c in service.characteristics():
+        if c.uuid == notify_uuid:
+            notify = c
+        if c.uuid == write_uuid:
+            write = c
+    return notify, write
 
 
 async def _discover(conn, entry):
@@ -91,10 +177,10 @@ async def _discover(conn, entry):
         service = await asyncio.wait_for_ms(conn.service(bluetooth.UUID(s)), _DISCOVER_MS)
         if service is None:
             continue
-        notify = await asyncio.wait_for_ms(service.characteristic(bluetooth.UUID(n)), _DISCOVER_MS)
-        write = await asyncio.wait_for_ms(service.characteristic(bluetooth.UUID(w)), _DISCOVER_MS)
+        _tap.uuid = bluetooth.UUID(n)
+        notify, write = await asyncio.wait_for_ms(_characteristics(service, _tap.uuid, bluetooth.UUID(w)), _DISCOVER_MS)
         if notify is not None and write is not None:
-            if not notify.properties & _FLAG_NOTIFY or not hasattr(notify, "_notify_queue"):
+            if not notify.properties & _FLAG_NOTIFY or _tap.handle is None:
                 what = "0x%04X" % n if isinstance(n, int) else n
                 raise BmsError("bms_no_service", "characteristic %s of %s cannot notify" % (what, conn.device.addr_hex()))
             return notify, write
@@ -104,18 +190,24 @@ async def _discover(conn, entry):
     )
 
 
-async def _next_chunk(conn, notify, left):
-    # aioble's notified() sets its flag only when the queue goes from empty to one item, so
-    # with a deeper queue it can wait while data is queued, or pop an empty queue after a
-    # stale flag. Waiting on the flag only while the queue is empty avoids both.
-    q = notify._notify_queue
-    while not q:
-        with conn.timeout(left):
-            await notify._notify_event.wait()
-    return q.popleft()
+async def _reply(conn, asm, register, left):
+    """The next valid frame for `register` within `left` ms, or None."""
+    deadline = time.ticks_add(time.ticks_ms(), left)
+    while True:
+        for frame in _tap.drain(asm):
+            if frame[1] == register:  # else a late reply to an earlier request
+                return frame
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        if left <= 0:
+            return None
+        try:
+            with conn.timeout(left):
+                await _tap.flag.wait()
+        except asyncio.TimeoutError:
+            return None
 
 
-async def _request(conn, notify, write, asm, register, reply_ms, tries):
+async def _request(conn, write, asm, register, reply_ms, tries):
     req = jbd.read_request(register)
     errors0 = asm.errors
     bad = None
@@ -125,24 +217,14 @@ async def _request(conn, notify, write, asm, register, reply_ms, tries):
         except (asyncio.TimeoutError, aioble.GattError) as e:  # write-with-response modules
             bad = "write failed: %r" % (e,)
             continue
-        deadline = time.ticks_add(time.ticks_ms(), reply_ms)
-        while True:
-            left = time.ticks_diff(deadline, time.ticks_ms())
-            if left <= 0:
-                break
+        frame = await _reply(conn, asm, register, reply_ms)
+        if frame is not None:
             try:
-                data = await _next_chunk(conn, notify, left)
-            except asyncio.TimeoutError:
-                break
-            for frame in asm.feed(data):
-                if frame[1] != register:
-                    continue  # a late reply to an earlier request
-                try:
-                    return jbd.decode(frame)
-                except jbd.StatusError:
-                    raise
-                except jbd.FrameError as e:
-                    bad = str(e)
+                return jbd.decode(frame)
+            except jbd.StatusError:
+                raise
+            except jbd.FrameError as e:
+                bad = str(e)
         if asm.errors > errors0:  # only this request's rejections count
             bad = asm.last_error
     if bad:
@@ -151,31 +233,26 @@ async def _request(conn, notify, write, asm, register, reply_ms, tries):
 
 
 async def _session(addr_type, addr, entry, want_name):
+    _tap.arm(mac_bytes(addr), None)
     conn = await _connect(addr_type, addr)
     try:
         notify, write = await _discover(conn, entry)
-        notify._notify_queue = deque((), _QUEUE_DEPTH)
         # Subscribe before writing: the reply comes only once the CCCD is set.
         await asyncio.wait_for_ms(notify.subscribe(notify=True), _DISCOVER_MS)
         asm = jbd.FrameAssembler()
         try:
-            basic = await _request(conn, notify, write, asm, jbd.REG_BASIC, _REPLY_MS, _REQUEST_TRIES)
-            cells = await _request(conn, notify, write, asm, jbd.REG_CELLS, _REPLY_MS, _REQUEST_TRIES)
+            basic = await _request(conn, write, asm, jbd.REG_BASIC, _REPLY_MS, _REQUEST_TRIES)
+            cells = await _request(conn, write, asm, jbd.REG_CELLS, _REPLY_MS, _REQUEST_TRIES)
         except jbd.StatusError as e:
             raise BmsError("bms_error", str(e))
         name = None
         if want_name:
             # Optional and time-boxed: clones answer 0x05 with an error status.
             try:
-                name = (await _request(conn, notify, write, asm, jbd.REG_NAME, _NAME_MS, 1))["name"]
+                name = (await _request(conn, write, asm, jbd.REG_NAME, _NAME_MS, 1))["name"]
             except (BmsError, jbd.FrameError):
                 name = ""
-        return {
-            "basic": basic,
-            "cells": cells["cells_mv"],
-            "name": name,
-            "frame_errors": asm.errors,
-        }
+        return {"basic": basic, "cells": cells["cells_mv"], "name": name, "frame_errors": asm.errors}
     except (aioble.DeviceDisconnectedError, OSError, asyncio.TimeoutError) as e:
         # aioble does not tie discovery to disconnects: a dropped link looks like a timeout.
         if not conn.is_connected():
@@ -184,51 +261,58 @@ async def _session(addr_type, addr, entry, want_name):
             raise BmsError("bms_timeout", "%s: GATT discovery or subscribe timed out" % addr)
         raise BmsError("bms_error", "%s: BLE error %r" % (addr, e))
     finally:
+        _tap.arm(None, None)
         try:
             await conn.disconnect(timeout_ms=_DISCONNECT_MS)
         except Exception as e:  # never let cleanup mask the read's own outcome
             print("ble: disconnect:", repr(e))
 
 
-async def read_one(entry, st, found, want_name):
-    name = entry["name"]
-    if entry["address"]:
-        addr_type, addr = entry["addr_type"], entry["address"]
-    elif name in st["macs"]:
-        addr_type, addr = st["macs"][name]
-    elif name in found:
-        addr_type, addr = found[name]
-        st["macs"][name] = [addr_type, addr]  # the name matched; the cycle forgets it if reads keep failing
-    else:
-        raise BmsError(
-            "bms_not_found",
-            "no BLE device advertised the name %r within %d s: check the name (as the Xiaoxiang app shows it), range, and that no phone is connected"
-            % (name, _SCAN_MS // 1000),
-        )
-    # A stale cached MAC (module swapped) is not rescanned here: that would add a scan to
-    # every wake while a phone holds the BMS. The cycle forgets it after repeated failures.
-    result = await _session(addr_type, addr, entry, want_name)
-    result["address"] = addr
-    return result
-
-
-async def read_all(entries, st, want_name, results):
-    """Appends one result dict per entry to `results`: the read, or {"state", "error"}."""
+async def _read_one(job, found, left):
+    entry, where, want_name = job
+    scanned = where is None
+    if scanned:
+        where = found.get(entry["name"])
+        if where is None:
+            raise BmsError(
+                "bms_not_found",
+                "no BLE device advertised the name %r within %d s: check the name (as the Xiaoxiang app shows it), range, and that no phone is connected"
+                % (entry["name"], _SCAN_MS // 1000),
+            )
     try:
-        need = []
-        for e in entries:
-            if not e["address"] and e["name"] not in st["macs"]:
-                need.append(e["name"])
+        r = await asyncio.wait_for_ms(_session(where[0], where[1], entry, want_name), left)
+    except asyncio.TimeoutError:
+        raise BmsError("bms_timeout", "%s: the BLE phase's time ran out mid-read" % where[1])
+    r["addr_type"], r["address"], r["scanned"] = where[0], where[1], scanned
+    return r
+
+
+async def read_all(jobs, budget_ms):
+    """Reads each job (entry, (addr_type, mac) or None to scan by name, want_name) in turn,
+    within budget_ms in all; returns one result per job, in order: the read with "state"
+    "ok", or {"state", "error"}, either with the address when one was known or found."""
+    deadline = time.ticks_add(time.ticks_ms(), budget_ms)
+    results = []
+    try:
+        need = [job[0]["name"] for job in jobs if job[1] is None]
         found = await scan_names(need) if need else {}
-        for e in entries:
+        for job in jobs:
+            left = time.ticks_diff(deadline, time.ticks_ms())
             try:
-                r = await read_one(e, st, found, want_name(e["label"]))
+                if left <= 0:
+                    raise BmsError("bms_timeout", "the BLE phase's %d s were used up before this BMS" % (budget_ms // 1000))
+                r = await _read_one(job, found, left)
                 r["state"] = "ok"
             except BmsError as ex:
                 r = {"state": ex.state, "error": str(ex)}
             except Exception as ex:  # one odd BMS must not cost the others their reading
                 r = {"state": "bms_error", "error": repr(ex)}
-            r["entry"] = e
+            if "address" not in r:
+                # A scan that found the name is worth keeping even when the read failed.
+                where = job[1] or found.get(job[0]["name"])
+                if where is not None:
+                    r["addr_type"], r["address"], r["scanned"] = where[0], where[1], job[1] is None
             results.append(r)
     finally:
         aioble.stop()
+    return results

@@ -9,9 +9,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import vbms
 from jbdgw.broker import Subscriber
 from jbdgw.image import build_image
 from jbdgw.sim import WakeResult, run_wakes
+
+#: The simulated access point, and what config_for() joins.
+WIFI = {"ssid": "demo", "password": "demo-pass", "bssid": "02:11:22:33:44:55", "channel": 6}
 
 
 @dataclass
@@ -37,7 +41,7 @@ class SimRun:
 
 def config_for(broker, bms, topic: str | None = None, **extra) -> dict:
     cfg = {
-        "wifi": {"ssid": "demo", "password": "demo-pass"},
+        "wifi": {"ssid": WIFI["ssid"], "password": WIFI["password"]},
         "mqtt": {"host": broker.host, "port": broker.port, "topic": topic or "t" + uuid.uuid4().hex[:10]},
         "bms": bms,
         "interval_min": 5,
@@ -70,32 +74,26 @@ def run_gateway(tmp_path: Path, broker, scenario: dict, config: dict, wakes: int
     return SimRun(topic, results, messages)
 
 
-def battery(cells, current_ma=-1250, **kw) -> dict:
-    """A battery state in exact wire units (multiples of 10 mV/mA/mAh)."""
-    b = {
-        "cells_mv": list(cells),
-        "voltage_mv": (sum(cells) // 10) * 10,
-        "current_ma": current_ma,
-        "remaining_mah": 65710,
-        "nominal_mah": 100000,
-        "cycles": 12,
-        "production_date": "2023-05-16",
-        "temps_dc": [215, -32],
-        "balance_bits": 0,
-        "protection_bits": 0,
-        "fet_bits": 3,
-        "soc_pct": 66,
-        "version": 32,
-    }
+def battery(cells, **kw) -> dict:
+    """vbms.DEFAULT_BATTERY with these cells, in exact wire units (multiples of 10 mV/mA/mAh:
+    the voltage too), and a sub-zero second sensor so that every end-to-end reading checks the
+    sign of a temperature."""
+    b = dict(vbms.DEFAULT_BATTERY, cells_mv=list(cells), voltage_mv=(sum(cells) // 10) * 10, temps_dc=[215, -32])
     b.update(kw)
     return b
 
 
 def device(name="Cabin 580ah", address="a4:c1:38:30:c2:8e", bat=None, **kw) -> dict:
     d = {"name": name, "address": address, "addr_type": 0, "rssi": -60, "latency_ms": 15,
-         "model": "JBD-SP04S034-L4S-200A-B-U", "battery": bat or battery([3300, 3310, 3290, 3305])}
+         "model": vbms.DEFAULT_MODEL, "battery": bat or battery([3300, 3310, 3290, 3305])}
     d.update(kw)
     return d
+
+
+def scenario(*devices, **wifi) -> dict:
+    """The world of one run: these devices (one default device() without any) and the access
+    point WIFI, changed by `wifi` (e.g. down=True)."""
+    return {"devices": list(devices) or [device()], "wifi": dict(WIFI, **wifi)}
 
 
 def fixed(value: int, places: int) -> float:

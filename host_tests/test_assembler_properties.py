@@ -3,18 +3,14 @@
 from hypothesis import given, settings, strategies as st
 
 import jbd
+from conftest import feed_all
 from vbms import response_frame
 
-
-def make_frame(register: int, status: int, data: bytes) -> bytes:
-    return response_frame(register, data, status)
-
-
 frames = st.builds(
-    make_frame,
-    st.integers(0, 255),
-    st.sampled_from([0, 0, 0, 0x80, 0x81]),
-    st.binary(min_size=0, max_size=80),
+    response_frame,
+    register=st.integers(0, 255),
+    data=st.binary(min_size=0, max_size=80),
+    status=st.sampled_from([0, 0, 0, 0x80, 0x81]),
 )
 
 
@@ -25,14 +21,6 @@ def cut(data: bytes, cuts: list[int]) -> list[bytes]:
         pieces.append(data[last:p])
         last = p
     return pieces
-
-
-def feed_all(chunks):
-    a = jbd.FrameAssembler()
-    out = []
-    for c in chunks:
-        out += a.feed(c)
-    return a, out
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,13 +1,12 @@
 """config.json validation, run on the MicroPython unix port (and compared with CPython)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, micropython_bin
+from conftest import REPO, run_on_both
+
+SCRIPT = REPO / "host_tests" / "mp_config.py"
 
 GOOD = {
     "wifi": {"ssid": "home", "password": "pw"},
@@ -58,30 +57,21 @@ BAD = [
 ]
 
 
-def run_checker(interpreter: list[str], cases: list, tmp_path, env_key: str) -> list[dict]:
+def check(cases: list, tmp_path) -> list[dict]:
+    """firmware/config.validate() of each case, the same on MicroPython and CPython."""
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases))
-    env = {**os.environ, env_key: str(REPO)}
-    out = subprocess.run(
-        interpreter + [str(REPO / "host_tests" / "mp_config_check.py"), str(path)],
-        capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return run_on_both(SCRIPT, "validate", path)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cfg")
-    sys.path.insert(0, str(REPO))
     from firmware.config import strip_comments
 
     example = json.loads(strip_comments((REPO / "config.example.json").read_text()))
     cases = [GOOD, example] + [doc for doc, _ in BAD]
-    mpy = run_checker([micropython_bin()], cases, tmp, "MICROPYPATH")
-    cpy = run_checker([sys.executable], cases, tmp, "PYTHONPATH")
-    assert mpy == cpy
-    return mpy
+    return check(cases, tmp)
 
 
 def test_minimal_config_gets_defaults(results):
@@ -114,25 +104,15 @@ def test_bad_config_names_key_problem_and_fix(results, i):
 
 def test_mqtt_user_without_password_gets_an_empty_one(tmp_path):
     doc = with_("mqtt.user", "gateway")
-    (got,) = run_checker([micropython_bin()], [doc], tmp_path, "MICROPYPATH")
+    (got,) = check([doc], tmp_path)
     assert got["ok"]["mqtt"]["password"] == ""
 
 
 def test_service_override_fills_notify_and_write(results, tmp_path):
     doc = with_("bms", [{"name": "A", "service": "fff0"}])
-    (got,) = run_checker([micropython_bin()], [doc], tmp_path, "MICROPYPATH")
+    (got,) = check([doc], tmp_path)
     assert got["ok"]["bms"][0]["service"] == 0xFFF0
     assert (got["ok"]["bms"][0]["notify"], got["ok"]["bms"][0]["write"]) == (0xFFF1, 0xFFF2)
-
-
-def run_loader(interpreter: list[str], paths: list, env_key: str) -> list[dict]:
-    env = {**os.environ, env_key: str(REPO)}
-    out = subprocess.run(
-        interpreter + [str(REPO / "host_tests" / "mp_config_load.py")] + [str(p) for p in paths],
-        capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def test_commented_example_loads_and_comments_inside_strings_survive(tmp_path):
@@ -143,9 +123,7 @@ def test_commented_example_loads_and_comments_inside_strings_survive(tmp_path):
     )
     missing = tmp_path / "missing.json"
     paths = [REPO / "config.example.json", tricky, missing]
-    mpy = run_loader([micropython_bin()], paths, "MICROPYPATH")
-    assert mpy == run_loader([sys.executable], paths, "PYTHONPATH")
-    example, tricky_cfg, absent = mpy
+    example, tricky_cfg, absent = run_on_both(SCRIPT, "load", *paths)
     assert example["ok"]["wifi"]["static"]["prefix"] == 24
     assert example["ok"]["bms"][1]["address"] == "a4:c1:38:30:c2:8e"
     assert tricky_cfg["ok"]["wifi"]["ssid"] == "a//b" and tricky_cfg["ok"]["wifi"]["password"] == "x\\"

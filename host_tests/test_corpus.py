@@ -5,7 +5,7 @@ import struct
 import pytest
 
 import jbd
-from conftest import corpus
+from conftest import corpus, feed_all
 
 FRAMES = corpus()
 WELL_FORMED = [f for f in FRAMES if not f[2].get("malformed") and f[2].get("checksum_ok", True)]
@@ -142,10 +142,7 @@ def test_assembler_never_yields_an_invalid_frame_from_malformed_runs(name, index
 
 @pytest.mark.parametrize("name,index,fr", SPLIT, ids=ids(SPLIT))
 def test_notifications_reassemble_to_the_frame(name, index, fr):
-    a = jbd.FrameAssembler()
-    got = []
-    for chunk in fr["notifications"]:
-        got += a.feed(bytes.fromhex(chunk))
+    a, got = feed_all(bytes.fromhex(c) for c in fr["notifications"])
     assert got == [bytes.fromhex(fr["hex"])]
     assert a.errors == 0 and a.pending == b""
 

@@ -4,21 +4,9 @@ import json
 
 import pytest
 
-from jbdgw.broker import Subscriber, start_broker
-from simharness import battery, config_for, device, expected_reading, run_gateway
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as b:
-        yield b
-
-
-def scenario(*devices, **extra):
-    s = {"devices": list(devices), "wifi": {"ssid": "demo", "password": "demo-pass",
-                                            "bssid": "02:11:22:33:44:55", "channel": 6}}
-    s.update(extra)
-    return s
+from jbdgw.broker import Subscriber
+from jbdgw.sim import DEEPSLEEP_RESET
+from simharness import battery, config_for, device, expected_reading, run_gateway, scenario
 
 
 def check_reading(r: dict, bat: dict):
@@ -70,7 +58,7 @@ def test_by_mac_and_cached_mac_skips_the_scan(tmp_path, broker):
     writes = [e["hex"][4:6] for e in run.events(1, "write")]
     assert writes == ["03", "04"]
     assert run.readings[1]["name"] == "JBD-SP04S034-L4S-200A-B-U"
-    assert run.wakes[1].reset_cause == 4
+    assert run.wakes[1].reset_cause == DEEPSLEEP_RESET
 
 
 def test_configured_address_never_scans(tmp_path, broker):

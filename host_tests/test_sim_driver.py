@@ -12,19 +12,12 @@ import textwrap
 import threading
 from pathlib import Path
 
-import pytest
-
-from jbdgw.broker import Subscriber, free_port, start_broker
+import simharness
+from jbdgw.broker import Subscriber, free_port
 from jbdgw.image import build_image
 from jbdgw.sim import DEEPSLEEP_RESET, PWRON_RESET, WDT_RESET, run_wakes
 
-WIFI = {
-    "ssid": "demo",
-    "password": "demo-pass",
-    "bssid": "02:11:22:33:44:55",
-    "channel": 6,
-    "connect_ms": 40,
-}
+WIFI = dict(simharness.WIFI, connect_ms=40)  # the stand-in's default, stated: tests time it
 
 
 def make_image(tmp_path: Path, main: str, boot: str | None = None) -> Path:
@@ -271,12 +264,6 @@ def test_network_down_and_no_scenario(tmp_path):
 # -- umqtt.simple stand-in against a real broker --
 
 
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as b:
-        yield b
-
-
 MQTT_MAIN = """
     import json, network, time, machine
     from umqtt.simple import MQTTClient, MQTTException
@@ -378,7 +365,13 @@ def test_umqtt_refused_connack_raises_mqttexception(tmp_path):
     def serve():
         conn, _ = srv.accept()
         with conn:
-            received.append(conn.recv(1024))
+            buf = conn.recv(1024)
+            while len(buf) < 2 or len(buf) < 2 + buf[1]:  # the whole CONNECT (under 128 bytes)
+                more = conn.recv(1024)
+                if not more:
+                    break
+                buf += more
+            received.append(buf)
             conn.sendall(b"\x20\x02\x00\x05")  # CONNACK: not authorised
 
     t = threading.Thread(target=serve, daemon=True)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from jbdgw import REPO
-from jbdgw.cli import UsageError
+from jbdgw.cli import UsageError, require_simulator
 from jbdgw.sim import find_micropython
 
 DECODE_TARGET_BYTES = 2048
@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--runs must be at least 1")
     if args.wakes < 3:
         raise UsageError("--wakes must be at least 3 (one cold wake, then warm ones)")
+    require_simulator("firmware/config.py", "lib", "tools/mpsim/simrun.py", "tools/bench/decode_pair.py",
+                      "tools/scenarios/demo.json", "tools/scenarios/demo-config.json")
     sections = decode_section(bench_decode(args.runs)) + wake_section(bench_wake(args.wakes))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [

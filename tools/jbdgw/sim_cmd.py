@@ -12,7 +12,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from jbdgw.cli import UsageError
+from jbdgw.cli import UsageError, require_simulator
 from jbdgw.devicecode import firmware_config
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,15 @@ def _show_payload(payload: bytes) -> str:
 def run(args: argparse.Namespace) -> int:
     from jbdgw.broker import BrokerError, Subscriber, start_broker
     from jbdgw.image import build_image
-    from jbdgw.sim import find_micropython, run_wakes
+    from jbdgw.sim import run_wakes
 
+    require_simulator("boot.py", "main.py", "firmware/config.py", "lib", "tools/mpsim/simrun.py")
     config = _load_json(args.config, "config")
     _load_json(args.scenario, "scenario")
     topic = _topic(config, args.config)
     given = _parse_broker(args.broker)
     if args.wakes < 1:
         raise UsageError(f"--wakes must be at least 1, not {args.wakes}")
-    try:
-        find_micropython()
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
 
     with ExitStack() as stack:
         if given is None:

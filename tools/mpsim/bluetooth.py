@@ -28,8 +28,6 @@
 import asyncio
 import binascii
 import errno
-import json
-import os
 import time
 
 import simlog
@@ -162,18 +160,6 @@ class UUID:
 # ----------------------------------------------------------------------------
 
 
-def _parse_addr(text):
-    t = str(text).replace(":", "").replace("-", "")
-    b = binascii.unhexlify(t)
-    if len(b) != 6:
-        raise ValueError("bad address in scenario: %s" % text)
-    return b
-
-
-def _hexaddr(b):
-    return ":".join(["%02x" % x for x in b])
-
-
 _VENDOR_SVC = "00010203-0405-0607-0809-0a0b0c0d1912"
 _VENDOR_CHR = "00010203-0405-0607-0809-0a0b0c0d2b12"
 
@@ -191,8 +177,8 @@ class _Peer:
     def __init__(self, d):
         self.d = d
         self.name = d.get("name")
-        self.addr = _parse_addr(d["address"])
-        self.address = _hexaddr(self.addr)
+        self.addr = simlog.mac_bytes(d["address"])
+        self.address = simlog.mac_text(self.addr)
         self.addr_type = int(d.get("addr_type", 0))
         self.rssi = int(d.get("rssi", -60))
         self.busy = bool(d.get("busy", False))
@@ -261,11 +247,16 @@ class _Peer:
             0x0016: b"Write",
             0x0019: b"",
         }
-        self.cccd = 0
-        self.conn_handle = None
-        self.disconnecting = False
-        self.ops = []
+        self.link(None)
         self.adv_data, self.resp_data = self._build_adv()
+
+    def link(self, conn_handle):
+        # Every link (and the lack of one) starts unsubscribed with no GATT
+        # procedure pending: a procedure of a lost link never completes.
+        self.conn_handle = conn_handle
+        self.disconnecting = False
+        self.cccd = 0
+        self.ops = []
 
     def _build_adv(self):
         adv = b"\x02\x01\x06" + bytes([3, 0x03, self.svc_uuid16 & 0xFF, self.svc_uuid16 >> 8])
@@ -343,18 +334,7 @@ class _BLE:
     def _load(self):
         if self._peers is not None:
             return
-        self._peers = []
-        p = None
-        try:
-            p = os.getenv("JBDGW_SIM_SCENARIO")
-        except AttributeError:
-            pass
-        if not p:
-            return
-        with open(p) as f:
-            sc = json.load(f)
-        for d in sc.get("devices") or []:
-            self._peers.append(_Peer(d))
+        self._peers = [_Peer(d) for d in simlog.scenario().get("devices") or []]
 
     def sim_peers(self):
         """Simulation helper (not on a real board): the virtual devices."""
@@ -385,8 +365,10 @@ class _BLE:
         self._addr_buf[0:6] = addr
         return memoryview(self._addr_buf)
 
-    def _scramble(self):
-        # The real port hands out views of stack memory valid only during the IRQ.
+    def _call_views(self, event, data):
+        # The real port hands out views of stack memory valid only during the
+        # IRQ: overwrite them once the handler returns.
+        self._call(event, data)
         for i in range(6):
             self._addr_buf[i] = 0xEE
         for i in range(len(self._data_buf)):
@@ -432,10 +414,7 @@ class _BLE:
             self._char_disc_busy = False
             for h in list(self._conns):
                 p = self._conns.pop(h)
-                p.conn_handle = None
-                p.disconnecting = False
-                p.cccd = 0
-                p.ops = []
+                p.link(None)
                 simlog.event("disconnect", address=p.address, conn_handle=h, reason="ble_stop")
             simlog.event("ble_stop")
         return self._active
@@ -482,14 +461,9 @@ class _BLE:
     def gap_scan(self, duration_ms, interval_us=1280000, window_us=11250, active=False):
         self._check()
         if duration_ms is None:
-            sc = self._scan
-            if sc is None:
-                return None
-            self._scan = None
-            sc.stopped = True
-            simlog.event("scan_done", cancelled=True, results=sc.count)
-            # NimBLE reports the stop synchronously, inside this call.
-            self._call(_IRQ_SCAN_DONE, ())
+            if self._scan is not None:
+                # NimBLE reports the stop synchronously, inside this call.
+                self._end_scan(True)
             return None
         if self._scan is not None:
             raise OSError(errno.EALREADY)
@@ -508,6 +482,12 @@ class _BLE:
         asyncio.create_task(self._scan_task(sc, self._gen))
         return None
 
+    def _end_scan(self, cancelled):
+        sc, self._scan = self._scan, None
+        sc.stopped = True
+        simlog.event("scan_done", cancelled=cancelled, results=sc.count)
+        self._call(_IRQ_SCAN_DONE, ())
+
     async def _scan_task(self, sc, gen):
         start = _ticks()
         due = {}
@@ -519,10 +499,7 @@ class _BLE:
                 return
             now = _diff(_ticks(), start)
             if sc.duration_ms > 0 and now >= sc.duration_ms:
-                self._scan = None
-                sc.stopped = True
-                simlog.event("scan_done", cancelled=False, results=sc.count)
-                self._call(_IRQ_SCAN_DONE, ())
+                self._end_scan(False)
                 return
             nxt = None
             for i, p in enumerate(self._peers):
@@ -532,19 +509,11 @@ class _BLE:
                         seen[i] = k + 1
                         rssi = p.rssi if k == 0 else p.rssi + (k * 3) % 5 - 2
                         sc.count += 1
-                        self._call(
-                            _IRQ_SCAN_RESULT,
-                            (p.addr_type, self._mv_addr(p.addr), _ADV_IND, rssi, self._mv_data(p.adv_data)),
-                        )
-                        self._scramble()
+                        self._report(p, _ADV_IND, rssi, p.adv_data)
                         if sc.stopped or gen != self._gen:
                             return
                         if sc.active and p.resp_data:
-                            self._call(
-                                _IRQ_SCAN_RESULT,
-                                (p.addr_type, self._mv_addr(p.addr), _SCAN_RSP, rssi, self._mv_data(p.resp_data)),
-                            )
-                            self._scramble()
+                            self._report(p, _SCAN_RSP, rssi, p.resp_data)
                             if sc.stopped or gen != self._gen:
                                 return
                     due[i] = now + _SCAN_REPEAT_MS
@@ -554,6 +523,9 @@ class _BLE:
             if sc.duration_ms > 0:
                 wait = min(wait, max(1, sc.duration_ms - now))
             await asyncio.sleep_ms(wait)
+
+    def _report(self, p, adv_type, rssi, data):
+        self._call_views(_IRQ_SCAN_RESULT, (p.addr_type, self._mv_addr(p.addr), adv_type, rssi, self._mv_data(data)))
 
     # --- GAP: connections ---------------------------------------------------
 
@@ -565,7 +537,7 @@ class _BLE:
                 raise OSError(errno.EALREADY)
             self._pending = None
             p.cancelled = True
-            simlog.event("connect", address=_hexaddr(p.addr), ok=False, reason="cancelled")
+            simlog.event("connect", address=simlog.mac_text(p.addr), ok=False, reason="cancelled")
             asyncio.create_task(self._connect_failed_later(self._gen, 5))
             return None
         addr = bytes(addr)
@@ -586,7 +558,7 @@ class _BLE:
         self._pending = pend
         simlog.event(
             "connect_start",
-            address=_hexaddr(addr),
+            address=simlog.mac_text(addr),
             addr_type=addr_type,
             scan_duration_ms=scan_duration_ms,
         )
@@ -596,7 +568,12 @@ class _BLE:
     async def _connect_failed_later(self, gen, delay):
         await asyncio.sleep_ms(delay)
         if gen == self._gen:
-            self._call(_IRQ_PERIPHERAL_DISCONNECT, (_CONN_HANDLE_NONE, 0xFF, memoryview(bytes(6))))
+            self._connect_failed()
+
+    def _connect_failed(self):
+        # NimBLE reports a failed or cancelled connect as the disconnect of no
+        # connection, with a zero address.
+        self._call(_IRQ_PERIPHERAL_DISCONNECT, (_CONN_HANDLE_NONE, 0xFF, memoryview(bytes(6))))
 
     async def _connect_task(self, pend, scan_ms, gen):
         peer = pend.peer
@@ -625,20 +602,16 @@ class _BLE:
                 reason = "not_found"
                 if peer is not None:
                     reason = "busy" if peer.busy else ("not_advertising" if not peer.advertising() else "missed")
-                simlog.event("connect", address=_hexaddr(pend.addr), ok=False, reason=reason)
-                self._call(_IRQ_PERIPHERAL_DISCONNECT, (_CONN_HANDLE_NONE, 0xFF, memoryview(bytes(6))))
+                simlog.event("connect", address=simlog.mac_text(pend.addr), ok=False, reason=reason)
+                self._connect_failed()
                 return
         self._pending = None
         h = self._next_handle
         self._next_handle += 1
-        peer.conn_handle = h
-        peer.cccd = 0
-        peer.disconnecting = False
-        peer.ops = []
+        peer.link(h)
         self._conns[h] = peer
         simlog.event("connect", address=peer.address, ok=True, conn_handle=h)
-        self._call(_IRQ_PERIPHERAL_CONNECT, (h, peer.addr_type, self._mv_addr(peer.addr)))
-        self._scramble()
+        self._call_views(_IRQ_PERIPHERAL_CONNECT, (h, peer.addr_type, self._mv_addr(peer.addr)))
         if peer.drop_after_ms is not None:
             asyncio.create_task(self._drop(h, "remote", int(peer.drop_after_ms), self._gen))
 
@@ -666,12 +639,9 @@ class _BLE:
             if op[1] is not None and op[1][2] is not None:
                 self._call(op[1][0], op[1][2])
         del self._conns[h]
-        p.conn_handle = None
-        p.disconnecting = False
-        p.cccd = 0
+        p.link(None)
         simlog.event("disconnect", address=p.address, conn_handle=h, reason=reason)
-        self._call(_IRQ_PERIPHERAL_DISCONNECT, (h, p.addr_type, self._mv_addr(p.addr)))
-        self._scramble()
+        self._call_views(_IRQ_PERIPHERAL_DISCONNECT, (h, p.addr_type, self._mv_addr(p.addr)))
 
     # --- GATT client ----------------------------------------------------------
 
@@ -798,8 +768,7 @@ class _BLE:
                 simlog.event("notify_lost", address=p.address, reason="air", len=len(chunk))
                 continue
             simlog.event("notify", address=p.address, len=len(chunk))
-            self._call(_IRQ_GATTC_NOTIFY, (h, p.notify_handle, self._mv_data(chunk)))
-            self._scramble()
+            self._call_views(_IRQ_GATTC_NOTIFY, (h, p.notify_handle, self._mv_data(chunk)))
             if gen != self._gen or self._conns.get(h) is not p:
                 return
 

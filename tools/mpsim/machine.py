@@ -10,6 +10,8 @@
 #   wdt             written by WDT()/feed(): the timeout in ms; the driver
 #                   watches its mtime and kills the wake when it is not fed
 # Without JBDGW_SIM_DIR nothing is read or written.
+# No Pin: no firmware path reads or drives a pin yet; a safe-mode pin would be
+# the reason to simulate one (its level from the scenario).
 
 import sys
 
@@ -22,16 +24,9 @@ finally:
     del _path
 
 import json
-import os
 import time
 
-try:
-    from simlog import event as _event
-except ImportError:
-
-    def _event(ev, **fields):
-        pass
-
+import simlog
 
 # Reset causes and wake reasons, ESP32 values (ports/esp32/modmachine.c).
 PWRON_RESET = 1
@@ -51,25 +46,11 @@ _RTC_MEM_MAX = 2048
 _DEFAULT_MAC = b"\x24\x0a\xc4\x5a\x10\x01"
 
 
-# -- simulation helpers shared with network.py / esp32.py (not ESP32 API) --
-
-
-def _sim_dir():
-    d = os.getenv("JBDGW_SIM_DIR")
-    if d:
-        return d.rstrip("/")
-    return None
-
-
-def _sim_path(name):
-    d = _sim_dir()
-    if d is None:
-        return None
-    return d + "/" + name
+# -- simulation helpers (not ESP32 API) --
 
 
 def _read_text(name):
-    p = _sim_path(name)
+    p = simlog.sim_path(name)
     if p is None:
         return None
     try:
@@ -80,36 +61,20 @@ def _read_text(name):
 
 
 def _write_text(name, text):
-    p = _sim_path(name)
+    p = simlog.sim_path(name)
     if p is None:
         return
     with open(p, "w") as f:
         f.write(text)
 
 
-_scenario_cache = None
-
-
-def _scenario():
-    """The scenario JSON as a dict ({} without JBDGW_SIM_SCENARIO)."""
-    global _scenario_cache
-    if _scenario_cache is None:
-        _scenario_cache = {}
-        p = os.getenv("JBDGW_SIM_SCENARIO")
-        if p:
-            with open(p) as f:
-                _scenario_cache = json.load(f)
-    return _scenario_cache
-
-
 def _base_mac():
-    """6 bytes: the chip's base MAC (scenario "mac"/"unique_id" as hex or aa:bb:..)."""
-    sc = _scenario()
+    """6 bytes: the chip's base MAC (scenario "mac"/"unique_id" as hex or aa:bb:..);
+    network.py derives the Wi-Fi MACs from it, as the ESP32 does."""
+    sc = simlog.scenario()
     v = sc.get("mac") or sc.get("unique_id")
     if v:
-        h = v.replace(":", "").replace("-", "")
-        if len(h) == 12:
-            return bytes(int(h[i : i + 2], 16) for i in range(0, 12, 2))
+        return simlog.mac_bytes(v)
     return _DEFAULT_MAC
 
 
@@ -163,7 +128,7 @@ def _end(record, ev, **fields):
     global _ended
     _ended = True
     _write_text("deepsleep.json", json.dumps(record))
-    _event(ev, **fields)
+    simlog.event(ev, **fields)
     _flush()
     sys.exit(0)
 
@@ -177,7 +142,7 @@ def deepsleep(time_ms=None):
 def lightsleep(time_ms=None):
     # Light sleep returns, with RAM intact; wake sources other than the timer
     # are not simulated, so lightsleep() without a time returns at once.
-    _event("lightsleep", sleep_ms=time_ms)
+    simlog.event("lightsleep", sleep_ms=time_ms)
     if time_ms:
         time.sleep_ms(int(time_ms))
 
@@ -195,7 +160,7 @@ def reset():
 
 
 def _load_rtc():
-    p = _sim_path("rtc.bin")
+    p = simlog.sim_path("rtc.bin")
     if p is None:
         return b""
     try:
@@ -224,7 +189,7 @@ class RTC:
         if len(buf) > _RTC_MEM_MAX:
             raise ValueError("buffer too long")
         _rtc_mem = buf
-        p = _sim_path("rtc.bin")
+        p = simlog.sim_path("rtc.bin")
         if p is not None:
             with open(p, "wb") as f:
                 f.write(buf)
@@ -251,77 +216,12 @@ class WDT:
         if timeout <= 0:
             raise ValueError("WDT timeout too short")
         self._timeout = int(timeout)
-        _event("wdt", timeout_ms=self._timeout)
+        simlog.event("wdt", timeout_ms=self._timeout)
         self.feed()
 
     def feed(self):
         # The driver compares the file's mtime with the timeout.
         _write_text("wdt", str(self._timeout))
-
-
-# -- pins --
-
-
-class Pin:
-    IN = 1
-    OUT = 3
-    OPEN_DRAIN = 7
-    PULL_UP = 2
-    PULL_DOWN = 1
-    PULL_HOLD = 4
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-    WAKE_LOW = 4
-    WAKE_HIGH = 5
-    DRIVE_0 = 0
-    DRIVE_1 = 1
-    DRIVE_2 = 2
-    DRIVE_3 = 3
-
-    def __init__(self, id, mode=-1, pull=-1, value=None, **kw):
-        self._id = id
-        self._mode = self.IN
-        self._pull = None
-        self._out = 0
-        self.init(mode, pull, value)
-
-    def init(self, mode=-1, pull=-1, value=None, **kw):
-        if mode != -1 and mode is not None:
-            self._mode = mode
-        if pull != -1:
-            self._pull = pull
-        if value is not None:
-            self._out = 1 if value else 0
-
-    def _input(self):
-        pins = _scenario().get("pins") or {}
-        key = str(self._id)
-        if key in pins:
-            return 1 if pins[key] else 0
-        return 1 if self._pull == self.PULL_UP else 0
-
-    def value(self, *v):
-        if v:
-            self._out = 1 if v[0] else 0
-            return None
-        if self._mode == self.OUT:
-            return self._out
-        return self._input()
-
-    def __call__(self, *v):
-        return self.value(*v)
-
-    def on(self):
-        self._out = 1
-
-    def off(self):
-        self._out = 0
-
-    def irq(self, handler=None, trigger=3, **kw):
-        return None
-
-    def __repr__(self):
-        return "Pin(%s)" % self._id
 
 
 # -- misc --

@@ -17,14 +17,7 @@
 import time
 
 import machine
-
-try:
-    from simlog import event as _event
-except ImportError:
-
-    def _event(ev, **fields):
-        pass
-
+import simlog
 
 STA_IF = 0
 AP_IF = 1
@@ -60,18 +53,9 @@ _dns = "0.0.0.0"
 _country = "01"
 
 
-def _mac_text(b):
-    return ":".join("%02x" % x for x in b)
-
-
-def _mac_bytes(s):
-    h = s.replace(":", "").replace("-", "")
-    return bytes(int(h[i : i + 2], 16) for i in range(0, 12, 2))
-
-
 def _ap():
     """The simulated access point, or None when the scenario has no "wifi"."""
-    w = machine._scenario().get("wifi")
+    w = simlog.scenario().get("wifi")
     if not w:
         return None
     return w
@@ -79,7 +63,7 @@ def _ap():
 
 def _ap_bssid():
     ap = _ap() or {}
-    return _mac_bytes(ap.get("bssid") or "02:11:22:33:44:55")
+    return simlog.mac_bytes(ap.get("bssid") or "02:11:22:33:44:55")
 
 
 def _ap_channel():
@@ -199,7 +183,7 @@ class WLAN:
                 self._drop(_REASON_ASSOC_LEAVE)
                 self._requested = False
             self._active = on
-            _event("wifi_active", active=on)
+            simlog.event("wifi_active", active=on)
         return on
 
     # -- connection --
@@ -211,7 +195,7 @@ class WLAN:
         self._reason = reason
         self._ip = ("0.0.0.0", "0.0.0.0", "0.0.0.0")
         if was:
-            _event("wifi_disconnect", reason=reason)
+            simlog.event("wifi_disconnect", reason=reason)
 
     def connect(self, ssid=None, key=None, *, bssid=None):
         _require(self, STA_IF)
@@ -283,10 +267,10 @@ class WLAN:
                     _dns = "192.168.4.1"
         else:
             self._reason = self._outcome
-        _event(
+        simlog.event(
             "wifi_connect",
             ssid=self._ssid,
-            bssid=_mac_text(self._bssid) if self._bssid else None,
+            bssid=simlog.mac_text(self._bssid) if self._bssid else None,
             channel=self._cfg_channel or None,
             static=self._static is not None,
             fast=self._fast,
@@ -455,11 +439,15 @@ class WLAN:
             else:
                 raise ValueError("unexpected key")
         if touched:
-            self._dhcp = False
-            self._static = (addr, mask, gw)
-            if self._connected:
-                self._ip = self._static
+            self._set_static(addr, mask, gw)
         return None
+
+    def _set_static(self, addr, mask, gw):
+        # A static address turns DHCP off and applies at once to a live link.
+        self._dhcp = False
+        self._static = (addr, mask, gw)
+        if self._connected:
+            self._ip = self._static
 
     def ifconfig(self, *cfg):
         global _dns
@@ -474,11 +462,8 @@ class WLAN:
             self._static = None
             return None
         addr, mask, gw, dns = c
-        self._dhcp = False
-        self._static = (addr, mask, gw)
+        self._set_static(addr, mask, gw)
         _dns = dns
-        if self._connected:
-            self._ip = self._static
         return None
 
 

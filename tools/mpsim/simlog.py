@@ -1,14 +1,21 @@
-# Simulation event log shared by the MicroPython stand-ins (bluetooth/aioble,
-# network, machine, umqtt). event("scan", active=True) appends one JSON object
-# per line to $JBDGW_SIM_DIR/events.jsonl; no-op when JBDGW_SIM_DIR is unset.
-# Every line carries "ev" and "ms" (monotonic milliseconds of this process).
-# Runs on MicroPython and CPython.
+# Simulation plumbing shared by the MicroPython stand-ins (bluetooth/aioble,
+# network, machine, umqtt), so that each thing is read or written one way:
+# - event("scan", active=True) appends one JSON object per line to
+#   $JBDGW_SIM_DIR/events.jsonl (no-op when JBDGW_SIM_DIR is unset); every
+#   line carries "ev" and "ms" (monotonic milliseconds of this process);
+# - sim_path(name): a file in that state directory (None without one);
+# - scenario(): the scenario file $JBDGW_SIM_SCENARIO as a dict, read once per
+#   process (a wake is one process, and the driver rewrites the file between
+#   wakes only);
+# - mac_bytes()/mac_text(): MAC addresses between scenario text and bytes.
+# Runs on MicroPython and CPython (host tests import it).
 
+import binascii
 import json
 import os
 import time
 
-_FILE = "events.jsonl"
+_EVENTS = "events.jsonl"
 
 
 def _getenv(name):
@@ -25,15 +32,15 @@ def _ms():
         return int(time.monotonic() * 1000)
 
 
-def path():
+def sim_path(name):
     d = _getenv("JBDGW_SIM_DIR")
     if not d:
         return None
-    return d.rstrip("/") + "/" + _FILE
+    return d.rstrip("/") + "/" + name
 
 
 def event(ev, **fields):
-    p = path()
+    p = sim_path(_EVENTS)
     if not p:
         return
     rec = {"ev": ev, "ms": _ms()}
@@ -42,3 +49,36 @@ def event(ev, **fields):
     line = json.dumps(rec)
     with open(p, "a") as f:
         f.write(line + "\n")
+
+
+_scenario = None
+
+
+def scenario():
+    """The scenario JSON as a dict ({} without JBDGW_SIM_SCENARIO)."""
+    global _scenario
+    if _scenario is None:
+        _scenario = {}
+        p = _getenv("JBDGW_SIM_SCENARIO")
+        if p:
+            with open(p) as f:
+                _scenario = json.load(f)
+    return _scenario
+
+
+def mac_bytes(text):
+    """Address text (aa:bb:cc:dd:ee:ff, with "-", or bare hex) -> 6 bytes. A
+    malformed address in a scenario raises instead of quietly simulating another."""
+    t = str(text).replace(":", "").replace("-", "")
+    try:
+        b = binascii.unhexlify(t)
+    except ValueError:
+        b = b""
+    if len(b) != 6:
+        raise ValueError("bad MAC address in scenario: %s" % text)
+    return b
+
+
+def mac_text(b):
+    """6 bytes -> "aa:bb:cc:dd:ee:ff" (lower case, as the events show it)."""
+    return ":".join(["%02x" % x for x in b])

@@ -24,7 +24,7 @@ del _here, _rest
 # the driver: the firmware then sees about the heap it would have on the ESP32.
 # aioble is not among them: on the board it lives in /lib and uses the heap.
 # vbms is the virtual BMS, which is not on the board at all.
-_PRELOAD = ("simlog", "machine", "network", "esp32", "umqtt.simple", "bluetooth", "vbms")
+_PRELOAD = ("simlog", "machine", "network", "umqtt.simple", "bluetooth", "vbms")
 
 
 def _preload():

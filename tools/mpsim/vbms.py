@@ -55,6 +55,8 @@ def checksum(body):
 
 
 def _frame(b1, b2, data):
+    # Requests and replies share one layout; the checksum covers b2, the length
+    # and the data, not b1.
     data = bytes(data)
     n = len(data)
     if n > 255:
@@ -66,13 +68,7 @@ def _frame(b1, b2, data):
 
 def response_frame(register, data, status=0):
     """BMS -> host frame: DD <reg> <status> <len> <data> <chk_hi> <chk_lo> 77."""
-    data = bytes(data)
-    n = len(data)
-    if n > 255:
-        raise ValueError("frame data longer than 255 bytes")
-    body = bytes([status & 0xFF, n]) + data
-    c = checksum(body)
-    return bytes([START, register & 0xFF]) + body + bytes([c >> 8, c & 0xFF, END])
+    return _frame(register & 0xFF, status & 0xFF, data)
 
 
 def request_frame(register, data=b"", write=False):
@@ -86,25 +82,25 @@ def _div10(v):
     return -q if v < 0 else q
 
 
-def _u16(v, what):
+def _ranged(v, lo, hi, kind, what):
+    # A scenario value that does not fit its wire field is a scenario error,
+    # not something to wrap around silently.
     v = int(v)
-    if v < 0 or v > 0xFFFF:
-        raise ValueError("%s out of range for u16: %d" % (what, v))
+    if v < lo or v > hi:
+        raise ValueError("%s out of range for %s: %d" % (what, kind, v))
     return v
+
+
+def _u16(v, what):
+    return _ranged(v, 0, 0xFFFF, "u16", what)
 
 
 def _s16(v, what):
-    v = int(v)
-    if v < -0x8000 or v > 0x7FFF:
-        raise ValueError("%s out of range for s16: %d" % (what, v))
-    return v
+    return _ranged(v, -0x8000, 0x7FFF, "s16", what)
 
 
 def _u8(v, what):
-    v = int(v)
-    if v < 0 or v > 0xFF:
-        raise ValueError("%s out of range for u8: %d" % (what, v))
-    return v
+    return _ranged(v, 0, 0xFF, "u8", what)
 
 
 def encode_date(text):
@@ -119,6 +115,8 @@ def encode_date(text):
 
 
 def _bat(battery):
+    # DEFAULT_BATTERY fills every key a scenario leaves out, so the encoders
+    # below read keys directly: there is no second set of defaults.
     b = dict(DEFAULT_BATTERY)
     if battery:
         b.update(battery)
@@ -129,29 +127,29 @@ def basic_info_data(battery):
     """Data bytes of a register 0x03 reply (jbd-protocol.md section 3)."""
     b = _bat(battery)
     cells = list(b["cells_mv"])
-    temps = list(b.get("temps_dc") or [])
-    if "voltage_mv" in b and b["voltage_mv"] is not None:
+    temps = list(b["temps_dc"] or [])
+    if b.get("voltage_mv") is not None:
         v10 = _div10(b["voltage_mv"])
     else:
         v10 = (sum(cells) + 5) // 10  # default: sum of cells, rounded to 10 mV
-    bal = int(b.get("balance_bits", 0)) & 0xFFFFFFFF
+    bal = int(b["balance_bits"]) & 0xFFFFFFFF
     out = struct.pack(
         ">HhHHHHHHH",
         _u16(v10, "voltage"),
-        _s16(_div10(b.get("current_ma", 0)), "current"),
-        _u16(_div10(b.get("remaining_mah", 0)), "remaining"),
-        _u16(_div10(b.get("nominal_mah", 0)), "nominal"),
-        _u16(b.get("cycles", 0), "cycles"),
-        encode_date(b.get("production_date", "2023-01-01")),
+        _s16(_div10(b["current_ma"]), "current"),
+        _u16(_div10(b["remaining_mah"]), "remaining"),
+        _u16(_div10(b["nominal_mah"]), "nominal"),
+        _u16(b["cycles"], "cycles"),
+        encode_date(b["production_date"]),
         bal & 0xFFFF,
         bal >> 16,
-        _u16(b.get("protection_bits", 0), "protection_bits"),
+        _u16(b["protection_bits"], "protection_bits"),
     )
     out += bytes(
         [
-            _u8(b.get("version", 0x20), "version"),
-            _u8(b.get("soc_pct", 0), "soc_pct"),
-            _u8(b.get("fet_bits", 3), "fet_bits"),
+            _u8(b["version"], "version"),
+            _u8(b["soc_pct"], "soc_pct"),
+            _u8(b["fet_bits"], "fet_bits"),
             _u8(len(cells), "cell count"),
             _u8(len(temps), "ntc count"),
         ]
@@ -164,8 +162,8 @@ def basic_info_data(battery):
         out += struct.pack(
             ">HHHH",
             _u16(ext.get("alarm_bits", 0), "alarm_bits"),
-            _u16(_div10(ext.get("full_charge_mah", b.get("nominal_mah", 0))), "full_charge"),
-            _u16(_div10(ext.get("remaining_mah", b.get("remaining_mah", 0))), "ext remaining"),
+            _u16(_div10(ext.get("full_charge_mah", b["nominal_mah"])), "full_charge"),
+            _u16(_div10(ext.get("remaining_mah", b["remaining_mah"])), "ext remaining"),
             _u16(ext.get("balance_current_ma", 0), "balance_current_ma"),
         )
     return out
@@ -256,7 +254,7 @@ class VirtualBMS:
             return chunks(response_frame(register, b""), self.chunk)
         if register == 0xE1 and len(data) == 2:
             # data[1]: bit0 = charge FET off, bit1 = discharge FET off
-            fet = int(self.battery.get("fet_bits", 3)) & ~3
+            fet = int(self.battery["fet_bits"]) & ~3
             fet |= (~data[1]) & 3
             self.battery["fet_bits"] = fet
             return chunks(response_frame(register, b""), self.chunk)

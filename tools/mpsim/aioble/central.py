@@ -1,249 +1,222 @@
-# Simulation stand-in for aioble.central (scan, ScanResult, connect).
-# Same behaviour as micropython-lib's aioble-central 0.3.0:
-# - `scan` is an async context manager and an async iterator; the same
-#   ScanResult is yielded again whenever its RSSI or payload changes;
-# - a connect attempt that fails at the controller is only reported as a
-#   disconnect of an unknown handle, which is ignored, so connect() fails only
-#   when its timeout_ms expires (asyncio.TimeoutError);
-# - a timed-out connect does not cancel the controller's attempt (no
-#   gap_connect(None)); a late success is ignored ("ghost" link).
-
+# Scanning and connecting, as micropython-lib's aioble central.py and device.py behave:
+# - a connect that times out leaves its connection object on the Device, so the next
+#   connect() of that Device object returns it at once, dead (micropython-lib#950);
+# - the stack reports a failed attempt as a disconnect of an unknown handle, which
+#   nobody hears: connect() ends only by its own timeout (asyncio.TimeoutError), and it
+#   does not cancel the controller's attempt (a late success belongs to nobody;
+#   gap_connect(None) is the caller's job);
+# - a scan or a connect first stops the scan in progress;
+# - a disconnect event wakes a task that does the bookkeeping, so is_connected() turns
+#   False one scheduler turn later.
 from micropython import const
-
 import asyncio
-import struct
+from binascii import unhexlify
 
 import bluetooth
 
-from .core import ensure_active, ble, log_info, log_error, log_warn, register_irq_handler
-from .device import Device, DeviceConnection, DeviceTimeout
+from .core import ble, links, power_on, register_irq_handler, TimeBound
 
 _IRQ_SCAN_RESULT = const(5)
 _IRQ_SCAN_DONE = const(6)
 _IRQ_PERIPHERAL_CONNECT = const(7)
 _IRQ_PERIPHERAL_DISCONNECT = const(8)
+_SCAN_RSP = const(4)  # the other report kinds carry advertising data
+_NAMES = (0x09, 0x08)  # AD types: complete, shortened local name
+_UUID_LISTS = ((2, (0x02, 0x03)), (4, (0x04, 0x05)), (16, (0x06, 0x07)))
 
-_ADV_IND = const(0)
-_ADV_DIRECT_IND = const(1)
-_ADV_SCAN_IND = const(2)
-_ADV_NONCONN_IND = const(3)
-_SCAN_RSP = const(4)
-
-_ADV_TYPE_FLAGS = const(0x01)
-_ADV_TYPE_NAME = const(0x09)
-_ADV_TYPE_SHORT_NAME = const(0x08)
-_ADV_TYPE_UUID16_INCOMPLETE = const(0x2)
-_ADV_TYPE_UUID16_COMPLETE = const(0x3)
-_ADV_TYPE_UUID32_INCOMPLETE = const(0x4)
-_ADV_TYPE_UUID32_COMPLETE = const(0x5)
-_ADV_TYPE_UUID128_INCOMPLETE = const(0x6)
-_ADV_TYPE_UUID128_COMPLETE = const(0x7)
-_ADV_TYPE_APPEARANCE = const(0x19)
-_ADV_TYPE_MANUFACTURER = const(0xFF)
-
-# The scan that IRQs are delivered to.
-_active_scanner = None
-
-# Devices waiting for their connect IRQ.
-_connecting = set()
+_scanning = None  # the scan that gets the scan events
+_connecting = []  # connections waiting for their connect event
 
 
-def _central_irq(event, data):
-    if event == _IRQ_SCAN_RESULT:
-        addr_type, addr, adv_type, rssi, adv_data = data
-        sc = _active_scanner
-        if not sc:
-            return
-        # Copy: addr and adv_data are only valid during this call.
-        sc._queue.append((addr_type, bytes(addr), adv_type, rssi, bytes(adv_data)))
-        sc._event.set()
-    elif event == _IRQ_SCAN_DONE:
-        sc = _active_scanner
-        if not sc:
-            return
-        sc._done = True
-        sc._event.set()
-    elif event == _IRQ_PERIPHERAL_CONNECT:
-        conn_handle, addr_type, addr = data
-        for d in _connecting:
-            if d.addr_type == addr_type and d.addr == bytes(addr):
-                conn = d._connection
-                conn._conn_handle = conn_handle
-                conn._event.set()
+def _gap_irq(event, data):
+    if event == _IRQ_SCAN_RESULT and _scanning:
+        # addr and payload are views the stack reuses once we return: copy them.
+        _scanning._inbox.append((data[0], bytes(data[1]), data[2], data[3], bytes(data[4])))
+        _scanning._wake.set()
+    elif event == _IRQ_SCAN_DONE and _scanning:
+        _scanning._over = True
+        _scanning._wake.set()
+    elif event == _IRQ_PERIPHERAL_CONNECT and _connecting:
+        for conn in _connecting:
+            if conn.device.addr_type == data[1] and conn.device.addr == bytes(data[2]):
+                conn._handle = data[0]
+                conn._wake.set()
                 break
-    elif event == _IRQ_PERIPHERAL_DISCONNECT:
-        conn_handle, _, _ = data
-        conn = DeviceConnection._connected.get(conn_handle, None)
-        if conn:
-            conn._event.set()
+    elif event == _IRQ_PERIPHERAL_DISCONNECT and data[0] in links:
+        links[data[0]]._wake.set()
 
 
-def _central_shutdown():
-    global _active_scanner, _connecting
-    _active_scanner = None
-    _connecting = set()
+def _forget():
+    global _scanning
+    _scanning = None
+    _connecting.clear()
 
 
-register_irq_handler(_central_irq, _central_shutdown)
+register_irq_handler(_gap_irq, _forget)
 
 
-async def _cancel_pending():
-    if _active_scanner:
-        await _active_scanner.cancel()
-
-
-async def _connect(connection, timeout_ms, scan_duration_ms, min_conn_interval_us, max_conn_interval_us):
-    device = connection.device
-    if device in _connecting:
-        # Another connect() on an equal Device is in progress.
-        return
-
-    ensure_active()
-    await _cancel_pending()
-
-    _connecting.add(device)
-    connection._event = connection._event or asyncio.ThreadSafeFlag()
-    try:
-        with DeviceTimeout(None, timeout_ms):
-            ble.gap_connect(
-                device.addr_type,
-                device.addr,
-                scan_duration_ms,
-                min_conn_interval_us,
-                max_conn_interval_us,
-            )
-            await connection._event.wait()
-            assert connection._conn_handle is not None
-            DeviceConnection._connected[connection._conn_handle] = connection
-    finally:
-        _connecting.remove(device)
+async def _end_scan():
+    if _scanning:
+        await _scanning.cancel()
 
 
 class ScanResult:
     def __init__(self, device):
         self.device = device
-        self.adv_data = None
-        self.resp_data = None
-        self.rssi = None
+        self.rssi = self.adv_data = self.resp_data = None
         self.connectable = False
 
-    def _update(self, adv_type, rssi, adv_data):
-        """Merge one scan IRQ; True if anything visible changed."""
-        changed = rssi != self.rssi
+    def _merge(self, kind, rssi, payload):
+        # True if the report changes anything (a new RSSI does): the scan hands the
+        # result out again only then.
+        news = rssi != self.rssi
         self.rssi = rssi
-        if adv_type == _ADV_IND or adv_type == _ADV_NONCONN_IND:
-            if adv_data != self.adv_data:
-                self.adv_data = adv_data
-                self.connectable = adv_type == _ADV_IND
-                changed = True
-        elif adv_type == _ADV_SCAN_IND:
-            if adv_data != self.adv_data and self.resp_data:
-                changed = True
-            self.adv_data = adv_data
-        elif adv_type == _SCAN_RSP and adv_data:
-            if adv_data != self.resp_data:
-                self.resp_data = adv_data
-                changed = True
-        return changed
+        if kind == _SCAN_RSP:
+            if payload and payload != self.resp_data:
+                self.resp_data, news = payload, True
+        elif payload != self.adv_data:
+            self.adv_data, news = payload, True
+            self.connectable = kind < 2  # ADV_IND or ADV_DIRECT_IND
+        return news
 
-    def __str__(self):
-        return "Scan result: {} {}".format(self.device, self.rssi)
-
-    def _decode_field(self, *adv_type):
-        # AD structures: <len = N+1> <type> <N bytes>, in adv data then scan response.
-        for payload in (self.adv_data, self.resp_data):
-            if not payload:
-                continue
-            i = 0
-            while i + 1 < len(payload):
-                n = payload[i]
-                if payload[i + 1] in adv_type:
-                    yield payload[i + 2 : i + n + 1]
-                i += 1 + n
+    def _fields(self, types):
+        # AD structure: a length byte (type and value), a type byte, the value.
+        for blob in (self.adv_data, self.resp_data):
+            at = 0
+            while blob and at + 1 < len(blob):
+                end = at + 1 + blob[at]
+                if blob[at + 1] in types:
+                    yield blob[at + 2 : end]
+                at = end
 
     def name(self):
-        for n in self._decode_field(_ADV_TYPE_NAME, _ADV_TYPE_SHORT_NAME):
-            return str(n, "utf-8") if n else ""
-        return None
+        for value in self._fields(_NAMES):
+            return str(value, "utf-8")
 
     def services(self):
-        for size, types in (
-            (2, (_ADV_TYPE_UUID16_INCOMPLETE, _ADV_TYPE_UUID16_COMPLETE)),
-            (4, (_ADV_TYPE_UUID32_INCOMPLETE, _ADV_TYPE_UUID32_COMPLETE)),
-            (16, (_ADV_TYPE_UUID128_INCOMPLETE, _ADV_TYPE_UUID128_COMPLETE)),
-        ):
-            for field in self._decode_field(*types):
-                for i in range(0, len(field), size):
-                    yield bluetooth.UUID(field[i : i + size])
-
-    def manufacturer(self, filter=None):
-        for field in self._decode_field(_ADV_TYPE_MANUFACTURER):
-            if len(field) < 2:
-                continue
-            company = struct.unpack("<H", field[0:2])[0]
-            if filter is None or company == filter:
-                yield (company, field[2:])
+        for size, types in _UUID_LISTS:
+            for value in self._fields(types):
+                for at in range(0, len(value) - size + 1, size):
+                    yield bluetooth.UUID(value[at : at + size])
 
 
 class scan:
-    """async with aioble.scan(duration_ms, interval_us=None, window_us=None,
-    active=False) as scanner: async for result in scanner: ..."""
-
+    # `async with scan(...) as s: async for result in s:` yields a ScanResult each time
+    # an advertiser's data or RSSI changes, until the scan ends, is left or is stopped.
     def __init__(self, duration_ms, interval_us=None, window_us=None, active=False):
-        self._queue = []
-        self._event = asyncio.ThreadSafeFlag()
-        self._done = False
-        self._results = set()
-        self._duration_ms = duration_ms
-        self._interval_us = interval_us or 1280000
-        self._window_us = window_us or 11250
-        self._active = active
+        self._args = (duration_ms, interval_us or 1280000, window_us or 11250, active)
+        self._inbox, self._seen, self._over = [], {}, False
+        self._wake = asyncio.ThreadSafeFlag()
 
     async def __aenter__(self):
-        global _active_scanner
-        ensure_active()
-        await _cancel_pending()
-        _active_scanner = self
-        ble.gap_scan(self._duration_ms, self._interval_us, self._window_us, self._active)
+        global _scanning
+        power_on()
+        await _end_scan()
+        _scanning = self
+        ble.gap_scan(*self._args)
         return self
 
-    async def __aexit__(self, exc_type, exc_val, exc_tb):
-        # Leaving early (break/exception) stops the scan.
-        if _active_scanner == self:
+    async def __aexit__(self, *exc):
+        if _scanning is self:
             await self.cancel()
 
     def __aiter__(self):
-        assert _active_scanner == self
         return self
 
     async def __anext__(self):
-        global _active_scanner
-        if _active_scanner != self:
-            # Cancelled, e.g. by a connect.
-            raise StopAsyncIteration
-        while True:
-            while self._queue:
-                addr_type, addr, adv_type, rssi, adv_data = self._queue.pop()
-                result = None
-                for r in self._results:
-                    if r.device.addr_type == addr_type and r.device.addr == addr:
-                        result = r
-                        break
-                if result is None:
-                    result = ScanResult(Device(addr_type, addr))
-                    self._results.add(result)
-                if result._update(adv_type, rssi, adv_data):
+        global _scanning
+        while _scanning is self:
+            while self._inbox:
+                kind, addr, report, rssi, payload = self._inbox.pop(0)
+                result = self._seen.get((kind, addr)) or ScanResult(Device(kind, addr))
+                self._seen[(kind, addr)] = result
+                if result._merge(report, rssi, payload):
                     return result
-            if self._done:
-                _active_scanner = None
-                raise StopAsyncIteration
-            await self._event.wait()
+            if self._over:
+                _scanning = None
+            else:
+                await self._wake.wait()
+        raise StopAsyncIteration
 
     async def cancel(self):
-        global _active_scanner
-        if self._done:
+        global _scanning
+        if not self._over:
+            ble.gap_scan(None)
+            while not self._over:
+                await self._wake.wait()
+        if _scanning is self:
+            _scanning = None
+
+
+class Device:
+    def __init__(self, addr_type, addr):
+        self.addr_type = addr_type
+        self.addr = unhexlify(addr.replace(":", "")) if isinstance(addr, str) else bytes(addr)
+        self._connection = None
+
+    def addr_hex(self):
+        return ":".join("%02x" % b for b in self.addr)
+
+    async def connect(self, timeout_ms=10000, scan_duration_ms=None, min_conn_interval_us=None, max_conn_interval_us=None):
+        if self._connection:  # alive, or left behind by a timed-out attempt (#950)
+            return self._connection
+        conn = self._connection = DeviceConnection(self)
+        power_on()
+        await _end_scan()
+        _connecting.append(conn)
+        try:
+            with TimeBound(None, timeout_ms):
+                ble.gap_connect(self.addr_type, self.addr, scan_duration_ms, min_conn_interval_us, max_conn_interval_us)
+                await conn._wake.wait()
+        finally:
+            if conn in _connecting:
+                _connecting.remove(conn)
+        links[conn._handle] = conn
+        conn._keeper = asyncio.create_task(conn._keep())
+        return conn
+
+
+class DeviceConnection:
+    def __init__(self, device):
+        self.device = device
+        self._handle = self._keeper = self._discovery = None
+        self._wake = asyncio.ThreadSafeFlag()  # set by the connect, then the disconnect event
+        self._bounds = []  # TimeBound blocks to interrupt when the link drops
+        self._listeners = {}  # value handle -> the object its GATT events go to
+
+    async def _keep(self):
+        await self._wake.wait()
+        links.pop(self._handle, None)
+        self._handle = self.device._connection = None
+        for bound in list(self._bounds):
+            bound.task.cancel()
+
+    def is_connected(self):
+        return self._handle is not None
+
+    def timeout(self, timeout_ms):
+        return TimeBound(self, timeout_ms)
+
+    async def disconnected(self, timeout_ms=None, disconnect=False):
+        if self._handle is None:
             return
-        ble.gap_scan(None)
-        while not self._done:
-            await self._event.wait()
-        _active_scanner = None
+        if disconnect:
+            try:
+                ble.gap_disconnect(self._handle)
+            except OSError as e:
+                print("aioble: gap_disconnect:", e)
+        with TimeBound(None, timeout_ms):
+            await self._keeper
+
+    async def disconnect(self, timeout_ms=2000):
+        await self.disconnected(timeout_ms, True)
+
+    def services(self, uuid=None, timeout_ms=2000):
+        from .client import ClientService, Discovery
+
+        return Discovery(self, lambda: ble.gattc_discover_services(self._handle, uuid), lambda *f: ClientService(self, *f))
+
+    async def service(self, uuid, timeout_ms=2000):
+        from .client import first
+
+        return await first(self.services(uuid, timeout_ms), uuid)

@@ -1,332 +1,172 @@
-# Simulation stand-in for aioble.client (GATT client) with the same internals
-# as micropython-lib's aioble-client 0.3.0, because the firmware depends on them:
-# - each notify-capable ClientCharacteristic has `_notify_queue = deque((), 1)`
-#   and a ThreadSafeFlag `_notify_event`; the IRQ path appends a copy of the
-#   payload and sets the flag only on the empty -> non-empty transition;
-# - notified() waits on the flag when the queue holds <= 1 item, then pops the
-#   front. With the default one-deep queue a burst of notifications keeps only
-#   the last one. Replacing `_notify_queue` with a deeper deque keeps them all,
-#   but note: if the reader was already waiting when the burst arrived, the
-#   flag is consumed by the first notified(); a later notified() with exactly
-#   one queued item waits for the *next* notification (or times out) although
-#   data is queued. Drain `_notify_queue` directly after waking, or wait on
-#   `_notify_event` yourself.
-# - discovery `timeout_ms` is accepted but not implemented (as upstream).
-
+# GATT client: discovery, writes, notifications, as micropython-lib's aioble client.py:
+# - one discovery at a time per connection: another started before the first was run
+#   to its end raises ValueError (for good, if the first was abandoned or cancelled);
+# - discovery ignores its timeout_ms (unimplemented upstream: bound it with
+#   asyncio.wait_for_ms) and its done status (a lost link just ends it; service() gives
+#   None); of several waiting results the newest comes out first;
+# - a value handle's events reach only the object registered for it by subscribe(),
+#   notified() or a write with response; the others are dropped;
+# - a notify characteristic keeps ONE unread notification (upstream's _notify_queue is a
+#   deque of length 1): a new one replaces it and only the step from none to one wakes
+#   the reader, so of a burst delivered back to back (bluetooth.py delivers a reply's
+#   notifications so, as the ESP32 port does) notified() returns the last only
+#   (micropython-lib#934); a handler added with core.register_irq_handler sees each;
+# - write(response=None) asks for a response only if the characteristic has WRITE but
+#   not WRITE_NO_RESPONSE; a non-zero status raises GattError;
+# - subscribe() finds the CCCD (0x2902) by descriptor discovery from the value handle to
+#   the characteristic's end (value handle + 2 if unknown) and writes it with response.
 from micropython import const
-from collections import deque
 import asyncio
-import struct
 
 import bluetooth
 
-from .core import ble, GattError, register_irq_handler
-from .device import DeviceConnection
+from .core import ble, links, register_irq_handler, GattError
 
-_IRQ_GATTC_SERVICE_RESULT = const(9)
-_IRQ_GATTC_SERVICE_DONE = const(10)
-_IRQ_GATTC_CHARACTERISTIC_RESULT = const(11)
-_IRQ_GATTC_CHARACTERISTIC_DONE = const(12)
-_IRQ_GATTC_DESCRIPTOR_RESULT = const(13)
-_IRQ_GATTC_DESCRIPTOR_DONE = const(14)
-_IRQ_GATTC_READ_RESULT = const(15)
-_IRQ_GATTC_READ_DONE = const(16)
 _IRQ_GATTC_WRITE_DONE = const(17)
 _IRQ_GATTC_NOTIFY = const(18)
-_IRQ_GATTC_INDICATE = const(19)
-
-_CCCD_UUID = const(0x2902)
-_CCCD_NOTIFY = const(1)
-_CCCD_INDICATE = const(2)
-
-_FLAG_READ = const(0x0002)
-_FLAG_WRITE_NO_RESPONSE = const(0x0004)
-_FLAG_WRITE = const(0x0008)
-_FLAG_NOTIFY = const(0x0010)
-_FLAG_INDICATE = const(0x0020)
+_FOUND = (9, 11, 13)  # service, characteristic, descriptor result; done = result + 1
+_READ = const(0x02)
+_WRITE_NO_RESPONSE = const(0x04)
+_WRITE = const(0x08)
+_NOTIFY = const(0x10)
 
 
-def _client_irq(event, data):
-    # UUIDs and payloads are copied here: the originals are only valid during
-    # the IRQ.
-    if event == _IRQ_GATTC_SERVICE_RESULT:
-        conn_handle, start_handle, end_handle, uuid = data
-        ClientDiscover._discover_result(conn_handle, start_handle, end_handle, bluetooth.UUID(uuid))
-    elif event == _IRQ_GATTC_CHARACTERISTIC_RESULT:
-        conn_handle, end_handle, value_handle, properties, uuid = data
-        ClientDiscover._discover_result(
-            conn_handle, end_handle, value_handle, properties, bluetooth.UUID(uuid)
-        )
-    elif event == _IRQ_GATTC_DESCRIPTOR_RESULT:
-        conn_handle, dsc_handle, uuid = data
-        ClientDiscover._discover_result(conn_handle, dsc_handle, bluetooth.UUID(uuid))
-    elif event in (_IRQ_GATTC_SERVICE_DONE, _IRQ_GATTC_CHARACTERISTIC_DONE, _IRQ_GATTC_DESCRIPTOR_DONE):
-        conn_handle, status = data
-        ClientDiscover._discover_done(conn_handle, status)
-    elif event == _IRQ_GATTC_READ_RESULT:
-        conn_handle, value_handle, char_data = data
-        ClientCharacteristic._read_result(conn_handle, value_handle, bytes(char_data))
-    elif event == _IRQ_GATTC_READ_DONE:
-        conn_handle, value_handle, status = data
-        ClientCharacteristic._read_done(conn_handle, value_handle, status)
-    elif event == _IRQ_GATTC_WRITE_DONE:
-        conn_handle, value_handle, status = data
-        ClientCharacteristic._write_done(conn_handle, value_handle, status)
-    elif event == _IRQ_GATTC_NOTIFY:
-        conn_handle, value_handle, notify_data = data
-        ClientCharacteristic._on_notify(conn_handle, value_handle, bytes(notify_data))
-    elif event == _IRQ_GATTC_INDICATE:
-        conn_handle, value_handle, indicate_data = data
-        ClientCharacteristic._on_indicate(conn_handle, value_handle, bytes(indicate_data))
+def _gatt_irq(event, data):
+    if event == _IRQ_GATTC_NOTIFY or event == _IRQ_GATTC_WRITE_DONE:
+        conn = links.get(data[0])
+        target = conn and conn._listeners.get(data[1])
+        if target and event == _IRQ_GATTC_NOTIFY:
+            target._on_notify(bytes(data[2]))  # a view the stack reuses: copy it
+        elif target and target._written:
+            target._status = data[2]
+            target._written.set()
+    elif event in _FOUND or event - 1 in _FOUND:
+        conn = links.get(data[0])
+        job = conn and conn._discovery
+        if job and event in _FOUND:
+            job._found.append(data[1:-1] + (bluetooth.UUID(data[-1]),))
+        elif job:
+            job._done = True
+        if job:
+            job._wake.set()
 
 
-register_irq_handler(_client_irq, None)
+register_irq_handler(_gatt_irq, None)
 
 
-class ClientDiscover:
-    """Async iterator over discovery results (services, characteristics or
-    descriptors). Must be run to completion; a second discovery on the same
-    connection while one is unfinished raises ValueError("Discovery in
-    progress")."""
-
-    def __init__(self, connection, disc_type, parent, timeout_ms, *args):
-        self._connection = connection
-        self._queue = []
-        self._status = None
-        self._event = asyncio.ThreadSafeFlag()
-        self._disc_type = disc_type
-        self._parent = parent
-        self._timeout_ms = timeout_ms  # not implemented, as upstream
-        self._args = args
-
-    async def _start(self):
-        if self._connection._discover:
-            raise ValueError("Discovery in progress")
-        self._connection._discover = self
-        self._disc_type._start_discovery(self._parent, *self._args)
+class Discovery:
+    # One discovery as an async iterator: `begin()` issues it on the first step and each
+    # result's fields (less the connection handle) go to `build`.
+    def __init__(self, conn, begin, build):
+        self._conn, self._begin, self._build = conn, begin, build
+        self._found, self._started, self._done = [], False, False
+        self._wake = asyncio.ThreadSafeFlag()
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        if self._connection._discover != self:
-            await self._start()
-        while True:
-            if self._queue:
-                return self._disc_type(self._parent, *self._queue.pop())
-            if self._status is not None:
-                self._connection._discover = None
+        conn = self._conn
+        if not self._started:
+            if conn._discovery:
+                raise ValueError("another discovery is still running on this connection")
+            conn._discovery, self._started = self, True
+            self._begin()
+        while not self._found:
+            if self._done:
+                if conn._discovery is self:
+                    conn._discovery = None
                 raise StopAsyncIteration
-            await self._event.wait()
+            await self._wake.wait()
+        return self._build(*self._found.pop())
 
-    def _discover_result(conn_handle, *args):
-        conn = DeviceConnection._connected.get(conn_handle, None)
-        if conn and conn._discover:
-            conn._discover._queue.append(args)
-            conn._discover._event.set()
 
-    def _discover_done(conn_handle, status):
-        conn = DeviceConnection._connected.get(conn_handle, None)
-        if conn and conn._discover:
-            conn._discover._status = status
-            conn._discover._event.set()
+async def first(found, uuid):
+    # Runs a discovery to its end (an unfinished one blocks the next); the first match.
+    hit = None
+    async for item in found:
+        if hit is None and item.uuid == uuid:
+            hit = item
+    return hit
 
 
 class ClientService:
-    def __init__(self, connection, start_handle, end_handle, uuid):
-        self.connection = connection
-        self._start_handle = start_handle
-        self._end_handle = end_handle
-        self.uuid = uuid
-
-    def __str__(self):
-        return "Service: {} {} {}".format(self._start_handle, self._end_handle, self.uuid)
-
-    async def characteristic(self, uuid, timeout_ms=2000):
-        found = None
-        async for c in self.characteristics(uuid, timeout_ms):
-            if found is None and c.uuid == uuid:
-                found = c
-        return found
+    def __init__(self, connection, first_handle, last_handle, uuid):
+        self.connection, self.uuid, self._span = connection, uuid, (first_handle, last_handle)
 
     def characteristics(self, uuid=None, timeout_ms=2000):
-        return ClientDiscover(self.connection, ClientCharacteristic, self, timeout_ms, uuid)
+        c, (start, end) = self.connection, self._span
+        begin = lambda: ble.gattc_discover_characteristics(c._handle, start, end, uuid)
+        return Discovery(c, begin, lambda *f: ClientCharacteristic(self, *f))
 
-    def _start_discovery(connection, uuid=None):
-        ble.gattc_discover_services(connection._conn_handle, uuid)
+    async def characteristic(self, uuid, timeout_ms=2000):
+        return await first(self.characteristics(uuid, timeout_ms), uuid)
 
 
-class BaseClientCharacteristic:
-    def __init__(self, value_handle, properties, uuid):
-        self._value_handle = value_handle
-        self.properties = properties
-        self.uuid = uuid
-        if properties & _FLAG_READ:
-            self._read_event = None
-            self._read_data = None
-            self._read_status = None
-        if (properties & _FLAG_WRITE) or (properties & _FLAG_WRITE_NO_RESPONSE):
-            self._write_event = None
-            self._write_status = None
+class _Attribute:
+    # Shared by characteristics and descriptors: a value handle on a link, and writes.
+    _written = None
 
-    def _register_with_connection(self):
-        self._connection()._characteristics[self._value_handle] = self
-
-    def _find(conn_handle, value_handle):
-        # Only characteristics registered with their connection get IRQs
-        # (notifications for an unregistered one are dropped).
-        conn = DeviceConnection._connected.get(conn_handle, None)
-        if conn:
-            return conn._characteristics.get(value_handle, None)
-        return None
-
-    def _check(self, flag):
-        if not (self.properties & flag):
-            raise ValueError("Unsupported")
-
-    async def read(self, timeout_ms=1000):
-        self._check(_FLAG_READ)
-        self._register_with_connection()
-        self._read_status = None
-        self._read_event = self._read_event or asyncio.ThreadSafeFlag()
-        ble.gattc_read(self._connection()._conn_handle, self._value_handle)
-        with self._connection().timeout(timeout_ms):
-            while self._read_status is None:
-                await self._read_event.wait()
-            if self._read_status != 0:
-                raise GattError(self._read_status)
-            return self._read_data
-
-    def _read_result(conn_handle, value_handle, data):
-        c = ClientCharacteristic._find(conn_handle, value_handle)
-        if c:
-            c._read_data = data
-            c._read_event.set()
-
-    def _read_done(conn_handle, value_handle, status):
-        c = ClientCharacteristic._find(conn_handle, value_handle)
-        if c:
-            c._read_status = status
-            c._read_event.set()
+    def _listen(self):
+        self.connection._listeners[self._handle] = self
 
     async def write(self, data, response=None, timeout_ms=1000):
-        self._check(_FLAG_WRITE | _FLAG_WRITE_NO_RESPONSE)
+        props = self.properties
+        if not props & (_WRITE | _WRITE_NO_RESPONSE):
+            raise ValueError("not writable")
         if response is None:
-            # With-response only if that is the only kind of write supported.
-            p = self.properties
-            response = (p & _FLAG_WRITE) and not (p & _FLAG_WRITE_NO_RESPONSE)
-        if response:
-            self._register_with_connection()
-            self._write_status = None
-            self._write_event = self._write_event or asyncio.ThreadSafeFlag()
-        ble.gattc_write(self._connection()._conn_handle, self._value_handle, data, response)
-        if response:
-            with self._connection().timeout(timeout_ms):
-                await self._write_event.wait()
-                if self._write_status != 0:
-                    raise GattError(self._write_status)
-
-    def _write_done(conn_handle, value_handle, status):
-        c = ClientCharacteristic._find(conn_handle, value_handle)
-        if c:
-            c._write_status = status
-            c._write_event.set()
+            response = props & _WRITE and not props & _WRITE_NO_RESPONSE
+        if not response:
+            return ble.gattc_write(self.connection._handle, self._handle, data, 0)
+        self._listen()
+        self._status = None
+        self._written = self._written or asyncio.ThreadSafeFlag()
+        ble.gattc_write(self.connection._handle, self._handle, data, 1)
+        with self.connection.timeout(timeout_ms):
+            await self._written.wait()
+        if self._status:
+            raise GattError(self._status)
 
 
-class ClientCharacteristic(BaseClientCharacteristic):
-    def __init__(self, service, end_handle, value_handle, properties, uuid):
-        self.service = service
-        self.connection = service.connection
-        # Descriptor search range; guess two handles past the value if unknown.
-        self._end_handle = end_handle if end_handle > value_handle else value_handle + 2
-        super().__init__(value_handle, properties, uuid)
-        if properties & _FLAG_NOTIFY:
-            self._notify_event = asyncio.ThreadSafeFlag()
-            self._notify_queue = deque((), 1)
-        if properties & _FLAG_INDICATE:
-            self._indicate_event = asyncio.ThreadSafeFlag()
-            self._indicate_queue = deque((), 1)
+class ClientCharacteristic(_Attribute):
+    def __init__(self, service, last, handle, props, uuid):
+        self.service, self.connection = service, service.connection
+        self.uuid, self.properties, self._handle = uuid, props, handle
+        self._end = last if last > handle else handle + 2
+        self._unread = None
+        self._arrived = asyncio.ThreadSafeFlag()
 
-    def __str__(self):
-        return "Characteristic: {} {} {} {}".format(
-            self._end_handle, self._value_handle, self.properties, self.uuid
-        )
-
-    def _connection(self):
-        return self.service.connection
-
-    async def descriptor(self, uuid, timeout_ms=2000):
-        found = None
-        async for d in self.descriptors(timeout_ms):
-            if found is None and d.uuid == uuid:
-                found = d
-        return found
-
-    def descriptors(self, timeout_ms=2000):
-        return ClientDiscover(self.connection, ClientDescriptor, self, timeout_ms)
-
-    def _start_discovery(service, uuid=None):
-        ble.gattc_discover_characteristics(
-            service.connection._conn_handle, service._start_handle, service._end_handle, uuid
-        )
-
-    async def _notified_indicated(self, queue, event, timeout_ms):
-        self._register_with_connection()
-        # Wait if empty; with exactly one item also wait, to consume the flag
-        # that was set when the queue went from empty to one item.
-        if len(queue) <= 1:
-            with self._connection().timeout(timeout_ms):
-                await event.wait()
-        return queue.popleft()
+    def _on_notify(self, data):
+        was_empty = self._unread is None
+        self._unread = data
+        if was_empty:
+            self._arrived.set()
 
     async def notified(self, timeout_ms=None):
-        self._check(_FLAG_NOTIFY)
-        return await self._notified_indicated(self._notify_queue, self._notify_event, timeout_ms)
+        if not self.properties & _NOTIFY:
+            raise ValueError("cannot notify")
+        self._listen()
+        with self.connection.timeout(timeout_ms):
+            await self._arrived.wait()
+        data, self._unread = self._unread, None
+        return data
 
-    def _on_notify_indicate(self, queue, event, data):
-        wake = len(queue) == 0
-        # deque((), 1) replaces its only item when full (oldest is dropped).
-        queue.append(data)
-        if wake:
-            event.set()
-
-    def _on_notify(conn_handle, value_handle, notify_data):
-        c = ClientCharacteristic._find(conn_handle, value_handle)
-        if c:
-            c._on_notify_indicate(c._notify_queue, c._notify_event, notify_data)
-
-    async def indicated(self, timeout_ms=None):
-        self._check(_FLAG_INDICATE)
-        return await self._notified_indicated(self._indicate_queue, self._indicate_event, timeout_ms)
-
-    def _on_indicate(conn_handle, value_handle, indicate_data):
-        c = ClientCharacteristic._find(conn_handle, value_handle)
-        if c:
-            c._on_notify_indicate(c._indicate_queue, c._indicate_event, indicate_data)
+    async def descriptor(self, uuid, timeout_ms=2000):
+        c, start, end = self.connection, self._handle, self._end
+        begin = lambda: ble.gattc_discover_descriptors(c._handle, start, end)
+        return await first(Discovery(c, begin, lambda h, u: ClientDescriptor(self, h, u)), uuid)
 
     async def subscribe(self, notify=True, indicate=False):
-        # Register first so notifications are routed even before notified().
-        self._register_with_connection()
-        cccd = await self.descriptor(bluetooth.UUID(_CCCD_UUID))
-        if not cccd:
-            raise ValueError("CCCD not found")
-        await cccd.write(struct.pack("<H", _CCCD_NOTIFY * notify + _CCCD_INDICATE * indicate))
+        self._listen()  # notifications are kept from now on, before any notified()
+        cccd = await self.descriptor(bluetooth.UUID(0x2902))
+        if cccd is None:
+            raise ValueError("no CCCD (0x2902) to subscribe with")
+        await cccd.write(bytes(((1 if notify else 0) | (2 if indicate else 0), 0)))
 
 
-class ClientDescriptor(BaseClientCharacteristic):
-    def __init__(self, characteristic, dsc_handle, uuid):
-        self.characteristic = characteristic
-        super().__init__(dsc_handle, _FLAG_READ | _FLAG_WRITE, uuid)
+class ClientDescriptor(_Attribute):
+    properties = _READ | _WRITE  # upstream takes every descriptor as readable and writable
 
-    def __str__(self):
-        return "Descriptor: {} {} {}".format(self._value_handle, self.properties, self.uuid)
-
-    def _connection(self):
-        return self.characteristic.service.connection
-
-    def _start_discovery(characteristic, uuid=None):
-        ble.gattc_discover_descriptors(
-            characteristic._connection()._conn_handle,
-            characteristic._value_handle,
-            characteristic._end_handle,
-        )
+    def __init__(self, characteristic, handle, uuid):
+        self.characteristic, self.connection = characteristic, characteristic.connection
+        self.uuid, self._handle = uuid, handle

@@ -1,69 +1,89 @@
-# Simulation stand-in for aioble.core (micropython-lib aioble-core 0.4.0 API).
-# Written for the simulator; behaviour follows the real module: one BLE singleton,
-# IRQ dispatch to registered handlers, ensure_active()/stop(), log_level.
+# Event hub of the aioble stand-in: the bluetooth.BLE() object, the handler chain every
+# event goes through, power, and the errors and time bound shared by central.py and
+# client.py. Behaviour as micropython-lib's aioble core.py and device.py.
+import asyncio
 
 import bluetooth
 
-log_level = 1
-
-
-def log_error(*args):
-    if log_level > 0:
-        print("[aioble] E:", *args)
-
-
-def log_warn(*args):
-    if log_level > 1:
-        print("[aioble] W:", *args)
-
-
-def log_info(*args):
-    if log_level > 2:
-        print("[aioble] I:", *args)
+ble = bluetooth.BLE()
+links = {}  # connection handle -> DeviceConnection, for routing GATT events
+_chain = []
+_on_stop = []
 
 
 class GattError(Exception):
+    # A non-zero GATT status, as .status (upstream's code reads ._status).
     def __init__(self, status):
-        self._status = status
+        super().__init__(status)
+        self.status = self._status = status
 
 
-def ensure_active():
-    # The real one also tries aioble.security.load_secrets() (not simulated).
+class DeviceDisconnectedError(Exception):
+    pass
+
+
+def register_irq_handler(irq, shutdown):
+    # Each event goes to the handlers in the order they were added until one returns
+    # something other than None (ours never do); stop() calls the shutdown ones.
+    if irq:
+        _chain.append(irq)
+    if shutdown:
+        _on_stop.append(shutdown)
+
+
+def _route(event, data):
+    for handler in _chain:
+        answer = handler(event, data)
+        if answer is not None:
+            return answer
+
+
+ble.irq(_route)
+
+
+def power_on():
     if not ble.active():
         ble.active(True)
 
 
-def config(*args, **kwargs):
-    ensure_active()
-    return ble.config(*args, **kwargs)
-
-
-_irq_handlers = []
-_shutdown_handlers = []
-
-
-def register_irq_handler(irq, shutdown):
-    if irq:
-        _irq_handlers.append(irq)
-    if shutdown:
-        _shutdown_handlers.append(shutdown)
+def config(*args, **kw):
+    power_on()
+    return ble.config(*args, **kw)
 
 
 def stop():
+    # As upstream, open connections are not told: they keep claiming their handle.
     ble.active(False)
-    for h in _shutdown_handlers:
-        h()
+    for handler in _on_stop:
+        handler()
 
 
-def ble_irq(event, data):
-    log_info(event, data)
-    # First handler returning something other than None wins (only matters for
-    # the security events, which are not simulated).
-    for h in _irq_handlers:
-        r = h(event, data)
-        if r is not None:
-            return r
+class TimeBound:
+    # `with conn.timeout(ms):` cancels the block's task after ms (the block raises
+    # asyncio.TimeoutError) or when `link` drops (DeviceDisconnectedError). No limit for
+    # ms None or 0; no link watch for link None. Other cancellations pass through.
+    def __init__(self, link, ms):
+        self.link, self.ms, self.alarm, self.rang = link, ms, None, False
 
+    async def _ring(self):
+        await asyncio.sleep_ms(self.ms)
+        self.rang = True
+        self.task.cancel()
 
-ble = bluetooth.BLE()
-ble.irq(ble_irq)
+    def __enter__(self):
+        self.task = asyncio.current_task()
+        if self.link:
+            self.link._bounds.append(self)
+        if self.ms:
+            self.alarm = asyncio.create_task(self._ring())
+
+    def __exit__(self, kind, value, tb):
+        if self.link:
+            self.link._bounds.remove(self)
+        if self.alarm and not self.rang:
+            self.alarm.cancel()
+        if kind is asyncio.CancelledError:
+            if self.rang:
+                raise asyncio.TimeoutError
+            if self.link and not self.link.is_connected():
+                raise DeviceDisconnectedError

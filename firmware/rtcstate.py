@@ -1,5 +1,6 @@
-# State kept across deep sleep in RTC memory: a small JSON document behind a magic word,
-# a length and a checksum. Anything that fails validation means "no cache", never a crash.
+# What the gateway remembers across deep sleep ("mem" wherever it is used): a small JSON
+# document in RTC memory behind a magic word, a length and a checksum. Anything that fails
+# validation means "no cache", never a crash.
 # seq must keep increasing across power losses (the ingest de-duplicates on it), but flash
 # should not be written every wake: a reserved upper bound is kept in flash and raised
 # SEQ_BLOCK at a time; after losing the RTC state the count resumes above that bound.
@@ -46,42 +47,47 @@ _SHAPE = (
 )
 
 
+# The per-BMS caches, and what each is keyed by.
+_BY_LABEL = ("names", "name_wake", "fails")
+_BY_NAME = ("macs",)
+
+
 def _fresh():
-    st = {}
+    mem = {}
     for k, default, kind in _SHAPE:
-        st[k] = {} if kind is dict else default
-    return st
+        mem[k] = {} if kind is dict else default
+    return mem
 
 
 def decode(raw):
-    """RTC bytes -> (state dict, problem or None). Corrupt data gives a fresh state."""
-    st = _fresh()
+    """RTC bytes -> (mem dict, problem or None). Corrupt data gives a fresh one."""
+    mem = _fresh()
     if not raw:
-        return st, None
+        return mem, None
     if len(raw) < 8 or raw[:4] != _MAGIC:
-        return st, "RTC memory holds no gateway state"
+        return mem, "RTC memory holds no gateway state"
     n = (raw[4] << 8) | raw[5]
     if len(raw) != n + 8:
-        return st, "RTC state length mismatch"
+        return mem, "RTC state length mismatch"
     body = raw[6 : 6 + n]
     if _sum16(body) != (raw[6 + n] << 8) | raw[7 + n]:
-        return st, "RTC state checksum mismatch"
+        return mem, "RTC state checksum mismatch"
     try:
         doc = json.loads(body)
     except ValueError:
-        return st, "RTC state is not JSON"
+        return mem, "RTC state is not JSON"
     if not isinstance(doc, dict):
-        return st, "RTC state has the wrong shape"
+        return mem, "RTC state has the wrong shape"
     for k, default, kind in _SHAPE:
         v = doc.get(k)
         if isinstance(v, kind) and not isinstance(v, bool):
-            st[k] = v
-    if not _valid_macs(st["macs"]):
-        st["macs"] = {}
-    w = st["wifi"]
+            mem[k] = v
+    if not _valid_macs(mem["macs"]):
+        mem["macs"] = {}
+    w = mem["wifi"]
     if w is not None and not (len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], int)):
-        st["wifi"] = None
-    return st, None
+        mem["wifi"] = None
+    return mem, None
 
 
 def _valid_macs(macs):
@@ -112,13 +118,40 @@ def write_seq_limit(n):
     os.rename(tmp, SEQ_FILE)
 
 
-def next_seq(st, restored):
+def next_seq(mem, restored):
     """Advance and return seq. `restored` is False when the RTC state was lost."""
-    if not restored or st["seq"] < 1:
-        st["seq"] = st["seq_limit"] = max(read_seq_limit(), st["seq_limit"])
-    st["seq"] += 1
-    if st["seq"] > st["seq_limit"]:
-        limit = st["seq"] + SEQ_BLOCK - 1
+    if not restored or mem["seq"] < 1:
+        mem["seq"] = mem["seq_limit"] = max(read_seq_limit(), mem["seq_limit"])
+    mem["seq"] += 1
+    if mem["seq"] > mem["seq_limit"]:
+        limit = mem["seq"] + SEQ_BLOCK - 1
         write_seq_limit(limit)
-        st["seq_limit"] = limit  # only once it is in flash, or a power loss could reuse seq
-    return st["seq"]
+        mem["seq_limit"] = limit  # only once it is in flash, or a power loss could reuse seq
+    return mem["seq"]
+
+
+def prune(mem, entries):
+    """Forgets the caches of BMS that are no longer configured."""
+    labels = [e["label"] for e in entries]
+    names = [e["name"] for e in entries]
+    for keys, keep in ((_BY_LABEL, labels), (_BY_NAME, names)):
+        for k in keys:
+            for x in list(mem[k]):
+                if x not in keep:
+                    del mem[k][x]
+
+
+def store(rtc, mem):
+    """Writes mem to RTC memory; if it has outgrown it, drops the caches and keeps counters."""
+    try:
+        rtc.memory(encode(mem))
+        return
+    except ValueError as e:
+        print("gateway:", e)
+    for k in _BY_LABEL + _BY_NAME:
+        mem[k] = {}
+    mem["last_error"] = None
+    try:
+        rtc.memory(encode(mem))
+    except ValueError:
+        pass
