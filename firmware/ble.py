@@ -22,12 +22,21 @@ _REPLY_MS = const(1500)
 _REQUEST_TRIES = const(3)
 _NAME_MS = const(1200)
 _DISCONNECT_MS = const(1500)
+_WRITE_MS = const(1000)
+# The dongle asks for 15 ms itself; requesting it at connect saves a parameter update and
+# runs every GATT exchange at 15 ms instead of NimBLE's 30-50 ms default.
+_CONN_INTERVAL_US = const(15000)
+_FLAG_WRITE_NO_RESPONSE = const(0x04)
 _FLAG_NOTIFY = const(0x10)
+_CCCD_UUID = const(0x2902)
 
-# The events of the `bluetooth` module that the notification tap listens to.
+# The events of the `bluetooth` module that the tap listens to.
 _IRQ_PERIPHERAL_CONNECT = const(7)
 _IRQ_GATTC_CHARACTERISTIC_RESULT = const(11)
+_IRQ_GATTC_DESCRIPTOR_RESULT = const(13)
+_IRQ_GATTC_WRITE_DONE = const(17)
 _IRQ_GATTC_NOTIFY = const(18)
+_LEARN = (_IRQ_GATTC_CHARACTERISTIC_RESULT, _IRQ_GATTC_DESCRIPTOR_RESULT, _IRQ_GATTC_WRITE_DONE)
 # A reply is at most 71 bytes (32 cells); this holds several even if the reader lags.
 _RING_BYTES = const(512)
 
@@ -44,31 +53,44 @@ class BmsError(Exception):
 
 
 class NotifyTap:
-    """Keeps every notification of one connection and characteristic, in arrival order.
+    """Keeps every notification of one connection and characteristic, in arrival order,
+    and learns the GATT handles that a later wake can use without discovery.
 
     aioble's ClientCharacteristic.notified() queues one notification and keeps only the
     last of a burst (its queue is a one-deep deque, micropython-lib#934), while a JBD reply
     arrives as 2-4 notifications delivered back to back. So the tap sees the raw events
     through aioble's public hook, core.register_irq_handler: it learns our connection's
-    handle from the connect event (by address) and the notify characteristic's value
-    handle from discovery (by UUID), and copies each matching payload into a preallocated
-    ring (IRQ data is only valid during the call). Only the IRQ advances `wrote` and only
-    the reader advances `read`, so neither overwrites the other's bytes.
+    handle from the connect event (by address), the notify and write characteristics'
+    value handles from discovery (by UUID) and the notify CCCD from descriptor discovery,
+    and copies each matching notification into a preallocated ring (IRQ data is only valid
+    during the call). Only the IRQ advances `wrote` and only the reader advances `read`,
+    so neither overwrites the other's bytes.
     """
 
     def __init__(self):
         self.ring = memoryview(bytearray(_RING_BYTES))
         self.flag = asyncio.ThreadSafeFlag()
-        self.arm(None, None)
+        self.written = asyncio.ThreadSafeFlag()
+        self.arm(None)
 
-    def arm(self, addr, uuid):
+    def arm(self, addr):
         self.addr = addr  # 6 bytes, as in the connect event
-        self.uuid = uuid  # bluetooth.UUID of the notify characteristic
         self.conn = None
-        self.handle = None
+        self.notify_uuid = self.write_uuid = None
+        self.handle = None  # notify value handle
+        self.notify_end = 0
+        self.write_handle = None
+        self.write_props = 0
+        self.cccd = None
+        self.wait_write = None  # the handle whose write-done we wait for
+        self.write_status = None
         self.wrote = 0
         self.read = 0
         self.overflow = 0
+
+    def look_for(self, notify_uuid, write_uuid):
+        self.notify_uuid, self.write_uuid = notify_uuid, write_uuid
+        self.handle = self.write_handle = self.cccd = None
 
     def irq(self, event, data):
         if event == _IRQ_GATTC_NOTIFY:
@@ -77,10 +99,28 @@ class NotifyTap:
         elif event == _IRQ_PERIPHERAL_CONNECT:
             if self.addr is not None and bytes(data[2]) == self.addr:
                 self.conn = data[0]
+        elif event not in _LEARN or data[0] != self.conn:
+            pass
+        elif event == _IRQ_GATTC_WRITE_DONE:
+            if data[1] == self.wait_write:
+                self.write_status = data[2]
+                self.written.set()
         elif event == _IRQ_GATTC_CHARACTERISTIC_RESULT:
-            if data[0] == self.conn and data[4] == self.uuid:
-                self.handle = data[2]
+            if data[4] == self.notify_uuid:
+                self.handle, self.notify_end = data[2], data[1]
+            if data[4] == self.write_uuid:
+                self.write_handle, self.write_props = data[2], data[3]
+        elif event == _IRQ_GATTC_DESCRIPTOR_RESULT:
+            h = data[1]
+            if self.cccd is None and self.handle is not None and self.handle < h <= self.notify_end:
+                if data[2] == bluetooth.UUID(_CCCD_UUID):
+                    self.cccd = h
         # None: aioble's own handlers see every event as well.
+
+    def handles(self):
+        """[notify, write, cccd, write mode] as kept in RTC memory."""
+        mode = 0 if self.write_props & _FLAG_WRITE_NO_RESPONSE else 1
+        return [self.handle, self.write_handle, self.cccd, mode]
 
     def _put(self, data):
         n = len(data)
@@ -140,7 +180,12 @@ async def _connect(addr_type, addr):
         # (micropython-lib#950).
         device = aioble.Device(addr_type, addr)
         try:
-            conn = await device.connect(timeout_ms=_CONNECT_MS, scan_duration_ms=_CONNECT_SCAN_MS)
+            conn = await device.connect(
+                timeout_ms=_CONNECT_MS,
+                scan_duration_ms=_CONNECT_SCAN_MS,
+                min_conn_interval_us=_CONN_INTERVAL_US,
+                max_conn_interval_us=_CONN_INTERVAL_US,
+            )
             if conn.is_connected():
                 return conn
         except asyncio.TimeoutError:
@@ -173,17 +218,20 @@ async def _characteristics(service, notify_uuid, write_uuid):
 
 
 async def _discover(conn, entry):
+    """Finds the JBD service's characteristics and subscribes (the tap learns the handles)."""
     for s, n, w in _uuid_sets(entry):
         service = await asyncio.wait_for_ms(conn.service(bluetooth.UUID(s)), _DISCOVER_MS)
         if service is None:
             continue
-        _tap.uuid = bluetooth.UUID(n)
-        notify, write = await asyncio.wait_for_ms(_characteristics(service, _tap.uuid, bluetooth.UUID(w)), _DISCOVER_MS)
+        _tap.look_for(bluetooth.UUID(n), bluetooth.UUID(w))
+        notify, write = await asyncio.wait_for_ms(_characteristics(service, _tap.notify_uuid, _tap.write_uuid), _DISCOVER_MS)
         if notify is not None and write is not None:
             if not notify.properties & _FLAG_NOTIFY or _tap.handle is None:
                 what = "0x%04X" % n if isinstance(n, int) else n
                 raise BmsError("bms_no_service", "characteristic %s of %s cannot notify" % (what, conn.device.addr_hex()))
-            return notify, write
+            # Subscribe before writing: the reply comes only once the CCCD is set.
+            await asyncio.wait_for_ms(notify.subscribe(notify=True), _DISCOVER_MS)
+            return
     raise BmsError(
         "bms_no_service",
         "connected, but found no JBD service (0xFF00 or 0xFFF0); set service/notify/write in the bms entry",
@@ -207,15 +255,48 @@ async def _reply(conn, asm, register, left):
             return None
 
 
-async def _request(conn, write, asm, register, reply_ms, tries):
+class StaleHandles(Exception):
+    pass
+
+
+async def _write(conn, handle, data, mode):
+    """A GATT write by handle (known from discovery or a cached one); with mode 1 (with
+    response) returns the ATT status, else 0. Raises asyncio.TimeoutError."""
+    _tap.wait_write = handle if mode else None
+    _tap.write_status = None
+    aioble.core.ble.gattc_write(_tap.conn, handle, data, mode)
+    if not mode:
+        return 0
+    while _tap.write_status is None:
+        with conn.timeout(_WRITE_MS):
+            await _tap.written.wait()
+    return _tap.write_status
+
+
+async def _subscribe_cached(conn, handles):
+    # Warm wakes skip discovery: one CCCD write to the handle a previous wake found.
+    _tap.handle, _tap.write_handle, _tap.cccd = handles[0], handles[1], handles[2]
+    _tap.write_props = 0 if handles[3] else _FLAG_WRITE_NO_RESPONSE
+    try:
+        status = await _write(conn, handles[2], b"\x01\x00", 1)
+    except asyncio.TimeoutError:
+        status = -1
+    if status:
+        raise StaleHandles("CCCD write to cached handle %d: status %d" % (handles[2], status))
+
+
+async def _request(conn, asm, register, reply_ms, tries):
     req = jbd.read_request(register)
+    mode = _tap.handles()[3]
     errors0 = asm.errors
     bad = None
     for _ in range(tries):
         try:
-            await write.write(req)
-        except (asyncio.TimeoutError, aioble.GattError) as e:  # write-with-response modules
-            bad = "write failed: %r" % (e,)
+            status = await _write(conn, _tap.write_handle, req, mode)
+        except asyncio.TimeoutError:
+            status = "timeout"
+        if status:  # write-with-response modules
+            bad = "write failed: %s" % (status,)
             continue
         frame = await _reply(conn, asm, register, reply_ms)
         if frame is not None:
@@ -232,27 +313,33 @@ async def _request(conn, write, asm, register, reply_ms, tries):
     raise BmsError("bms_no_reply", "register 0x%02X: no reply in %d tries" % (register, tries))
 
 
-async def _session(addr_type, addr, entry, want_name):
-    _tap.arm(mac_bytes(addr), None)
+async def _session(addr_type, addr, entry, want_name, cached):
+    _tap.arm(mac_bytes(addr))
     conn = await _connect(addr_type, addr)
     try:
-        notify, write = await _discover(conn, entry)
-        # Subscribe before writing: the reply comes only once the CCCD is set.
-        await asyncio.wait_for_ms(notify.subscribe(notify=True), _DISCOVER_MS)
         asm = jbd.FrameAssembler()
-        try:
-            basic = await _request(conn, write, asm, jbd.REG_BASIC, _REPLY_MS, _REQUEST_TRIES)
-            cells = await _request(conn, write, asm, jbd.REG_CELLS, _REPLY_MS, _REQUEST_TRIES)
-        except jbd.StatusError as e:
-            raise BmsError("bms_error", str(e))
+        basic = None
+        if cached:
+            try:
+                await _subscribe_cached(conn, cached)
+                # A wrong write handle shows only as silence: after every try, discover.
+                basic = await _request(conn, asm, jbd.REG_BASIC, _REPLY_MS, _REQUEST_TRIES)
+            except (StaleHandles, BmsError) as e:
+                print("ble: cached GATT handles of %s failed (%s): discovering" % (addr, e))
+        if basic is None:
+            await _discover(conn, entry)
+            basic = await _request(conn, asm, jbd.REG_BASIC, _REPLY_MS, _REQUEST_TRIES)
+        cells = await _request(conn, asm, jbd.REG_CELLS, _REPLY_MS, _REQUEST_TRIES)
         name = None
         if want_name:
             # Optional and time-boxed: clones answer 0x05 with an error status.
             try:
-                name = (await _request(conn, write, asm, jbd.REG_NAME, _NAME_MS, 1))["name"]
+                name = (await _request(conn, asm, jbd.REG_NAME, _NAME_MS, 1))["name"]
             except (BmsError, jbd.FrameError):
                 name = ""
-        return {"basic": basic, "cells": cells["cells_mv"], "name": name, "frame_errors": asm.errors}
+        return {"basic": basic, "cells": cells["cells_mv"], "name": name, "frame_errors": asm.errors, "handles": _tap.handles()}
+    except jbd.StatusError as e:
+        raise BmsError("bms_error", str(e))
     except (aioble.DeviceDisconnectedError, OSError, asyncio.TimeoutError) as e:
         # aioble does not tie discovery to disconnects: a dropped link looks like a timeout.
         if not conn.is_connected():
@@ -261,7 +348,7 @@ async def _session(addr_type, addr, entry, want_name):
             raise BmsError("bms_timeout", "%s: GATT discovery or subscribe timed out" % addr)
         raise BmsError("bms_error", "%s: BLE error %r" % (addr, e))
     finally:
-        _tap.arm(None, None)
+        _tap.arm(None)
         try:
             await conn.disconnect(timeout_ms=_DISCONNECT_MS)
         except Exception as e:  # never let cleanup mask the read's own outcome
@@ -269,7 +356,7 @@ async def _session(addr_type, addr, entry, want_name):
 
 
 async def _read_one(job, found, left):
-    entry, where, want_name = job
+    entry, where, want_name, cached = job
     scanned = where is None
     if scanned:
         where = found.get(entry["name"])
@@ -280,7 +367,7 @@ async def _read_one(job, found, left):
                 % (entry["name"], _SCAN_MS // 1000),
             )
     try:
-        r = await asyncio.wait_for_ms(_session(where[0], where[1], entry, want_name), left)
+        r = await asyncio.wait_for_ms(_session(where[0], where[1], entry, want_name, cached), left)
     except asyncio.TimeoutError:
         raise BmsError("bms_timeout", "%s: the BLE phase's time ran out mid-read" % where[1])
     r["addr_type"], r["address"], r["scanned"] = where[0], where[1], scanned
@@ -288,9 +375,10 @@ async def _read_one(job, found, left):
 
 
 async def read_all(jobs, budget_ms):
-    """Reads each job (entry, (addr_type, mac) or None to scan by name, want_name) in turn,
-    within budget_ms in all; returns one result per job, in order: the read with "state"
-    "ok", or {"state", "error"}, either with the address when one was known or found."""
+    """Reads each job (entry, (addr_type, mac) or None to scan by name, want_name, GATT
+    handles cached for that MAC or None) in turn, within budget_ms in all; returns one
+    result per job, in order: the read with "state" "ok" and the "handles" it used, or
+    {"state", "error"}, either with the address when one was known or found."""
     deadline = time.ticks_add(time.ticks_ms(), budget_ms)
     results = []
     try:

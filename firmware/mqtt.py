@@ -19,6 +19,46 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
+class OnePacketWrites:
+    """Stands in for umqtt.simple's `sock` once connected: the pieces it writes for one
+    packet (a PUBLISH is header, topic length, topic, packet id, payload) are collected and
+    sent in one write when it next reads (the PUBACK) or closes. Written in pieces, a packet
+    waits under Nagle's algorithm for the broker's delayed ACK of the first piece, about
+    40 ms per QoS 1 publish (docs/benchmarks.md); in one write it goes out at once."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = bytearray()
+
+    def write(self, data, n=None):
+        if n is None or n == len(data):
+            self.pending.extend(data)
+            return len(data)
+        self.pending.extend(data[:n])
+        return n
+
+    def flush(self):
+        if self.pending:
+            self.sock.write(self.pending)
+            self.pending = bytearray()
+
+    def read(self, n):
+        self.flush()
+        return self.sock.read(n)
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def setblocking(self, flag):
+        self.sock.setblocking(flag)
+
+    def close(self):
+        try:
+            self.flush()
+        finally:
+            self.sock.close()
+
+
 class Session:
     """Publishes messages one by one; .acked counts those the broker acknowledged."""
 
@@ -42,6 +82,8 @@ class Session:
             self.client.connect(timeout=_IO_TIMEOUT_S)
         except TypeError:  # umqtt.simple before 1.5 (MicroPython < 1.25) has no timeout
             self.client.connect()
+        # `sock` is umqtt.simple's public attribute; everything it sends goes through it.
+        self.client.sock = OnePacketWrites(self.client.sock)
 
     def publish(self, topic, payload, retain):
         # wait_msg() leaves the socket blocking after each PUBACK: re-arm the timeout.

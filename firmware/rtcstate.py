@@ -35,9 +35,12 @@ _SHAPE = (
     ("seq", 0, int),  # last published sequence number
     ("seq_limit", 0, int),  # highest seq reserved in SEQ_FILE
     ("macs", None, dict),  # BMS name -> [addr_type, "aa:bb:..."]
+    ("gatt", None, dict),  # "aa:bb:..." -> [notify, write, cccd handle, write mode]
     ("names", None, dict),  # BMS label -> model string from register 0x05
     ("name_wake", None, dict),  # BMS label -> wake number of the last 0x05 read
-    ("wifi", None, list),  # [bssid hex, channel]
+    ("channel", None, int),  # the Wi-Fi channel the AP was on
+    ("lease", None, list),  # [ip, netmask, gateway, dns] from DHCP, reused as a static address
+    ("lease_min", 0, int),  # minutes of wakes since that lease came from DHCP
     ("fails", None, dict),  # BMS label -> failed reads in a row
     ("backlog_at", 0, int),  # bytes of the flash backlog already delivered
     ("ntp_seq", 0, int),  # seq of the last NTP attempt
@@ -84,9 +87,11 @@ def decode(raw):
             mem[k] = v
     if not _valid_macs(mem["macs"]):
         mem["macs"] = {}
-    w = mem["wifi"]
-    if w is not None and not (len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], int)):
-        mem["wifi"] = None
+    if not _valid_handles(mem["gatt"]):
+        mem["gatt"] = {}
+    lease = mem["lease"]
+    if lease is not None and not (len(lease) == 4 and all(isinstance(x, str) for x in lease)):
+        mem["lease"] = None
     return mem, None
 
 
@@ -95,6 +100,17 @@ def _valid_macs(macs):
         v = macs[k]
         if not (isinstance(v, list) and len(v) == 2 and v[0] in (0, 1) and isinstance(v[1], str) and len(v[1]) == 17):
             return False
+    return True
+
+
+def _valid_handles(gatt):
+    for k in gatt:
+        v = gatt[k]
+        if not (isinstance(v, list) and len(v) == 4):
+            return False
+        for h in v:
+            if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h <= 0xFFFF:
+                return False
     return True
 
 
@@ -139,6 +155,12 @@ def prune(mem, entries):
             for x in list(mem[k]):
                 if x not in keep:
                     del mem[k][x]
+    macs = [e["address"] for e in entries if e["address"]]
+    for v in mem["macs"].values():
+        macs.append(v[1])
+    for mac in list(mem["gatt"]):
+        if mac not in macs:
+            del mem["gatt"][mac]
 
 
 def store(rtc, mem):
@@ -148,7 +170,7 @@ def store(rtc, mem):
         return
     except ValueError as e:
         print("gateway:", e)
-    for k in _BY_LABEL + _BY_NAME:
+    for k in _BY_LABEL + _BY_NAME + ("gatt",):
         mem[k] = {}
     mem["last_error"] = None
     try:

@@ -1,5 +1,5 @@
-# Wi-Fi phase: bounded connect, static IP when configured, cached BSSID + channel to skip
-# the all-channel scan, and radio off afterwards.
+# Wi-Fi phase: bounded connect, a static IP when configured (or a recent DHCP lease reused),
+# the cached channel to skip the channel probe, and radio off afterwards.
 import time
 
 import network
@@ -7,7 +7,7 @@ from micropython import const
 
 _CONNECT_MS = const(15000)
 _RECONNECTS = const(2)
-_POLL_MS = const(20)
+_POLL_MS = const(5)
 _FAIL_GRACE_MS = const(3000)
 
 
@@ -37,20 +37,38 @@ def _wait(wlan, ssid):
         time.sleep_ms(_POLL_MS)
 
 
-def _find_ap(wlan, ssid):
-    # One scan on the uncached path; the strongest AP with our SSID gives BSSID + channel.
-    best = None
+def _prefix(netmask):
+    n = 0
+    for part in netmask.split("."):
+        n += bin(int(part)).count("1")
+    return n
+
+
+def _set_static(wlan, st):
     try:
-        for ap in wlan.scan():
-            if ap[0] == ssid.encode() and (best is None or ap[3] > best[3]):
-                best = ap
-    except OSError:
-        return None
-    return best
+        wlan.ipconfig(addr4="%s/%d" % (st[0], _prefix(st[1])), gw4=st[2])
+        network.ipconfig(dns=st[3])
+    except AttributeError:  # MicroPython before 1.24 has only ifconfig()
+        wlan.ifconfig(tuple(st))
 
 
-def connect(cfg, cache):
-    """Join the network. Returns the [bssid_hex, channel] to cache for the next wake."""
+def _join(wlan, ssid, key, hint):
+    # connect() with an SSID rebuilds the station config with channel 0, dropping a channel
+    # set before it (ports/esp32/network_wlan.c; micropython#11819): start, stop at once,
+    # put the channel into that config, and connect again with it as the scan's first
+    # channel, so the driver finds the AP without probing every channel.
+    wlan.connect(ssid, key)
+    wlan.disconnect()
+    wlan.config(channel=hint)
+    wlan.connect()
+    _wait(wlan, ssid)
+
+
+def connect(cfg, channel, lease):
+    """Join the network. `channel` is the one the AP was on last time (None: unknown),
+    `lease` a cached DHCP lease [ip, netmask, gateway, dns] to use as a static address
+    (None: DHCP, or the configured static address). Returns the channel to cache; never
+    calls wlan.scan(), a blocking scan of every channel (about 2 s on the board)."""
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
     try:
@@ -60,33 +78,31 @@ def connect(cfg, cache):
         pass
     st = cfg["static"]
     if st:
-        try:
-            wlan.ipconfig(addr4="%s/%d" % (st["ip"], st["prefix"]), gw4=st["gateway"])
-            network.ipconfig(dns=st["dns"])
-        except AttributeError:  # MicroPython before 1.24 has only ifconfig()
-            wlan.ifconfig((st["ip"], st["netmask"], st["gateway"], st["dns"]))
+        _set_static(wlan, (st["ip"], st["netmask"], st["gateway"], st["dns"]))
+    elif lease:
+        _set_static(wlan, lease)
     ssid, key = cfg["ssid"], cfg["password"]
-    if cache:
+    if channel:
         try:
-            wlan.config(channel=cache[1])
-            wlan.connect(ssid, key, bssid=bytes.fromhex(cache[0]))
-            _wait(wlan, ssid)
-            return cache
+            _join(wlan, ssid, key, channel)
+            return wlan.config("channel")
         except (WifiError, OSError, ValueError) as e:
-            print("wifi: cached access point failed (%s); scanning" % e)
+            print("wifi: joining on channel %d failed (%s); probing" % (channel, e))
             try:
                 wlan.disconnect()
             except OSError:
                 pass
-    ap = _find_ap(wlan, ssid)
-    if ap is None:
-        wlan.connect(ssid, key)
-        _wait(wlan, ssid)
-        return None
-    wlan.config(channel=ap[2])
-    wlan.connect(ssid, key, bssid=ap[1])
+    wlan.connect(ssid, key)
     _wait(wlan, ssid)
-    return [ap[1].hex(), ap[2]]
+    return wlan.config("channel")
+
+
+def dhcp_lease():
+    """The address DHCP gave this wake: [ip, netmask, gateway, dns], or None."""
+    try:
+        return list(network.WLAN(network.STA_IF).ifconfig())
+    except Exception:
+        return None
 
 
 def off():

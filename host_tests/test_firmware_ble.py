@@ -46,13 +46,18 @@ out = {}
 def irq(event, data):
     tap.irq(event, data)
 
-tap.arm(MAC, FF01)
+tap.arm(MAC)
+tap.look_for(FF01, ble.bluetooth.UUID(0xFF02))
 irq(7, (5, 0, memoryview(b"\x11\x22\x33\x44\x55\x66")))  # someone else's connection
 out["other_conn"] = tap.conn
 irq(7, (1, 0, memoryview(MAC)))
-irq(11, (1, 20, 17, 0x10, ble.bluetooth.UUID(0xFF02)))
+irq(11, (2, 18, 40, 0x10, FF01))  # the same UUID on another connection
+irq(11, (1, 15, 13, 0x06, ble.bluetooth.UUID(0xFF02)))
 irq(11, (1, 20, 16, 0x1A, FF01))
-out["conn"], out["handle"] = tap.conn, tap.handle
+irq(13, (1, 14, ble.bluetooth.UUID(0x2902)))  # before the notify characteristic: not its CCCD
+irq(13, (1, 17, ble.bluetooth.UUID(0x2901)))
+irq(13, (1, 18, ble.bluetooth.UUID(0x2902)))
+out["conn"], out["handle"], out["handles"] = tap.conn, tap.handle, tap.handles()
 frame = bytes.fromhex(FRAME)
 chunks = [frame[i:i + 20] for i in range(0, len(frame), 20)]
 buf = bytearray(20)
@@ -96,6 +101,8 @@ def test_notify_tap_keeps_every_chunk_of_a_burst(tmp_path):
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out["other_conn"] is None
     assert (out["conn"], out["handle"]) == (1, 16)
+    # notify 16, write 13 (write without response: mode 0), CCCD 18: what RTC memory keeps
+    assert out["handles"] == [16, 13, 18, 0]
     assert out["chunks"] >= 3
     assert out["frames"] == [frame.hex()] and out["errors"] == 0
     assert out["wrapped"] == 40 and out["wrote"] > 512 * 3

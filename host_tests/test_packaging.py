@@ -131,7 +131,7 @@ def sim_args(name: str, tmp_path: Path) -> list[str]:
     return {
         "sim": ["sim", "--scenario", "tools/scenarios/demo.json", "--config", "tools/scenarios/demo-config.json",
                 "--wakes", "1"],
-        "bench": ["bench", "--runs", "1", "--wakes", "3", "--out", str(tmp_path / "benchmarks.md")],
+        "bench": ["bench", "--runs", "1", "--warm", "1", "--cold", "1", "--out", str(tmp_path / "benchmarks.md")],
     }[name]
 
 

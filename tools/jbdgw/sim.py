@@ -224,6 +224,16 @@ def _run_one(
     )
 
 
+def write_sim_profile(profile: str | Path, time_scale: float, dest: Path) -> Path:
+    """The profile's figures as the flat {key: value} file the stand-ins read (simlog)."""
+    from jbdgw.model import load_profile
+
+    figures = load_profile(profile).values()
+    figures["time_scale"] = time_scale
+    dest.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    return dest
+
+
 def _compiled_standins(dest: Path) -> Path:
     """tools/mpsim as .mpy bytecode in `dest` (simrun.py stays a script).
 
@@ -252,6 +262,8 @@ def run_wakes(
     *,
     first_reset_cause: int = PWRON_RESET,
     env: dict[str, str] | None = None,
+    profile: str | Path = "esp32-typical",
+    time_scale: float = 1.0,
 ) -> list[WakeResult]:
     """Run up to `wakes` boots of `image`; return one WakeResult per wake that ran.
 
@@ -265,6 +277,8 @@ def run_wakes(
         clears RTC memory, anything else keeps state_dir/rtc.bin (to test a
         prepared or corrupt RTC memory after a deep-sleep wake).
     env: extra environment variables for the micropython processes.
+    profile: the latency profile the stand-ins obey (a name from jbdgw/profiles or a path);
+        time_scale < 1 makes every simulated latency that much shorter in real time (tests).
     """
     image = Path(image).resolve()
     state = Path(state_dir).resolve()
@@ -288,6 +302,7 @@ def run_wakes(
         run_env["MICROPYPATH"] = f"{Path(real_aioble).resolve()}:{run_env['MICROPYPATH']}"
     run_env["JBDGW_SIM_DIR"] = str(state)
     run_env["JBDGW_SIM_SCENARIO"] = str(scenario_path)
+    run_env["JBDGW_SIM_PROFILE"] = str(write_sim_profile(profile, time_scale, state / "profile.json"))
 
     micropython = find_micropython()
     cmd = [micropython]

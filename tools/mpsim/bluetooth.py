@@ -9,25 +9,64 @@
 # Behaviour modelled on the ESP32 port (synchronous BLE events):
 # - IRQs are delivered synchronously from asyncio tasks owned by this module;
 #   all notification chunks of one BMS reply are delivered back-to-back, with no
-#   asyncio turn in between.
+#   asyncio turn in between (unless notify_extra_intervals spaces them).
 # - addr/adv_data/notify data are memoryviews of buffers that are overwritten
 #   right after the handler returns (code that keeps them sees garbage).
 # - calls while inactive raise OSError(ENODEV); a failed connect is reported as
 #   _IRQ_PERIPHERAL_DISCONNECT (0xFFFF, 0xFF, zero address) after scan_duration_ms;
 #   gap_connect(None) with nothing pending raises OSError(EALREADY); scanning
 #   while a connect is pending raises OSError(EBUSY).
+# - a GATT write to a handle that does not exist completes with ATT status 0x01
+#   (invalid handle), to one that is not writable with 0x03, as on a board: a
+#   handle cached from an earlier wake can be used without discovery.
 #
-# Extra scenario keys per device (all optional): connect_ms (80), gatt_ms (10),
-# drop_after_ms (link lost N ms after connecting), connect_failures (the first N
-# connect attempts fail as if the device was out of range), no_reply (list of
-# registers the BMS ignores), write_props (properties of the write char, default
-# READ|WRITE_NO_RESPONSE = 0x06), manufacturer_hex (AD type 0xFF payload),
-# advertising (false = never advertises), lose_notifications (list of 0-based
-# indexes, counted over the process, of notifications lost on the air).
+# Timing: the latency profile ($JBDGW_SIM_PROFILE, simlog.figure; simulated ms are
+# slept as simlog.delay_ms, i.e. scaled by its time_scale), the physics of
+# tools/jbdgw/model.py:
+# - advertising: each device advertises every adv_interval_ms; a scan (any
+#   window: full duty assumed) first hears it U(0, interval) after starting, then
+#   every interval (an active scan gets the scan response with each ADV_IND);
+# - gap_connect: the next advertisement U(0, adv_interval_ms) after the call (it
+#   must come within scan_duration_ms), then link set-up conn_setup_ms +
+#   conn_setup_intervals x interval. The interval is the requested minimum (or
+#   maximum, if only that is given) but not below the dongle's floor
+#   conn_interval_min_ms, or NimBLE's conn_interval_default_ms when connect()
+#   requests none; logged in "connect_start" (requested) and "connect" (interval_ms);
+# - GATT requests on a link run one at a time, att_rtt_intervals x interval per ATT
+#   round trip: service discovery gatt_service_rtts, characteristic discovery
+#   gatt_characteristics_rtts, descriptor discovery gatt_descriptor_rtts (per pass,
+#   whatever the range; each pass is logged as a "discover" event), a write with
+#   response (the CCCD's too) cccd_write_rtts, a read and an MTU exchange 1;
+# - a write without response costs the central nothing; the BMS gets it half an
+#   interval later, its UART (bms_uart_baud, uart_frame_bits per byte) carries the
+#   request and the reply, it takes bms_processing_ms per reply (requests queue on
+#   the one UART), and the reply's notifications leave half an interval after that,
+#   back to back or notify_extra_intervals x interval apart;
+# - gap_disconnect: ble_disconnect_intervals x interval.
+# Without a profile (the stand-ins' unit tests) the figures are small: a 10 ms
+# interval, 1 round trip per GATT procedure, 50 ms advertising, instant UART.
+# Random draws: a per-process generator, seeded from the scenario's "seed" (plus a
+# wake counter kept in $JBDGW_SIM_DIR, so wakes differ but a run repeats), else
+# from os.urandom.
+#
+# Extra scenario keys per device (all optional). Overrides of the profile's timing,
+# in real (unscaled) ms: connect_ms (advertising -> connected), gatt_ms (per GATT
+# procedure), latency_ms (write of a request -> its reply). Faults and variants:
+# refuse_short_interval (true: the dongle rejects a short interval, the link runs at
+# conn_interval_default_ms), handles_shift (N: every attribute handle N higher, a
+# dongle with another GATT table: cached handles go stale), drop_after_ms (link lost
+# N real ms after connecting), connect_failures (the first N connect attempts fail
+# as if the device was out of range), no_reply (list of registers the BMS ignores),
+# write_props (properties of the write char, default READ|WRITE_NO_RESPONSE =
+# 0x06), manufacturer_hex (AD type 0xFF payload), advertising (false = never
+# advertises), busy (held by a phone: not advertising), lose_notifications (list of
+# 0-based indexes, counted over the process, of notifications lost on the air), mtu.
 
 import asyncio
 import binascii
 import errno
+import os
+import random
 import time
 
 import simlog
@@ -75,7 +114,36 @@ _BLE_HS_ENOTCONN = 7  # status of GATT procedures broken by link loss
 
 _EBUSY = getattr(errno, "EBUSY", 16)  # MicroPython's errno has no EBUSY (16 on Linux and ESP32)
 
-_SCAN_REPEAT_MS = 400  # how often an advertiser is seen again during a scan
+_MIN_REPEAT_MS = 10  # a scan hears an advertiser again at most this often (real ms)
+
+# The figures when no profile is given (unit tests of the stand-ins): small latencies
+# with the profile's structure.
+_NO_PROFILE = {
+    "adv_interval_ms": 50,
+    "conn_setup_ms": 0,
+    "conn_setup_intervals": 0,
+    "att_rtt_intervals": 1,
+    "conn_interval_default_ms": 10,
+    "conn_interval_min_ms": 7.5,
+    "ble_disconnect_intervals": 2,
+    "bms_uart_baud": 0,
+    "uart_frame_bits": 10,
+    "bms_processing_ms": 0,
+    "notify_extra_intervals": 0,
+    "gatt_service_rtts": 1,
+    "gatt_characteristics_rtts": 1,
+    "gatt_descriptor_rtts": 1,
+    "cccd_write_rtts": 1,
+}
+
+
+def _fig(key):
+    return simlog.figure(key, _NO_PROFILE[key])
+
+
+def _real(sim_ms):
+    # Simulated ms -> real ms to wait (the profile's time_scale).
+    return simlog.delay_ms(sim_ms)
 
 
 def _ticks():
@@ -84,6 +152,50 @@ def _ticks():
 
 def _diff(a, b):
     return time.ticks_diff(a, b)
+
+
+def _later(t, ms):
+    # The later of tick t (or None) and now, plus ms.
+    now = _ticks()
+    if t is None or _diff(t, now) < 0:
+        t = now
+    return time.ticks_add(t, ms)
+
+
+async def _until(t):
+    await asyncio.sleep_ms(max(0, _diff(t, _ticks())))
+
+
+_seeded = False
+
+
+def _uniform(hi):
+    """U(0, hi) from this process's generator (see the header for its seed)."""
+    global _seeded
+    if not _seeded:
+        _seeded = True
+        seed = simlog.scenario().get("seed")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        else:
+            n = 0
+            p = simlog.sim_path("ble_rng_count")
+            if p:
+                try:
+                    with open(p) as f:
+                        n = int(f.read())
+                except (OSError, ValueError):
+                    pass
+                with open(p, "w") as f:
+                    f.write(str(n + 1))
+            seed = int(seed) * 7919 + n
+        random.seed(seed)
+    return random.uniform(0, hi) if hi > 0 else 0
+
+
+def _uart_ms(nbytes):
+    baud = _fig("bms_uart_baud")
+    return nbytes * _fig("uart_frame_bits") * 1000 / baud if baud else 0
 
 
 # ----------------------------------------------------------------------------
@@ -173,6 +285,11 @@ class _Char:
         self.descriptors = descriptors  # list of (handle, UUID)
 
 
+def _opt_ms(d, key):
+    v = d.get(key)
+    return None if v is None else int(v)
+
+
 class _Peer:
     def __init__(self, d):
         self.d = d
@@ -184,9 +301,10 @@ class _Peer:
         self.busy = bool(d.get("busy", False))
         self.adv_enabled = bool(d.get("advertising", True))
         self.name_in = d.get("name_in", "adv")
-        self.latency_ms = int(d.get("latency_ms", vbms.DEFAULT_LATENCY_MS))
-        self.connect_ms = int(d.get("connect_ms", 80))
-        self.gatt_ms = int(d.get("gatt_ms", 10))
+        self.latency_ms = _opt_ms(d, "latency_ms")
+        self.connect_ms = _opt_ms(d, "connect_ms")
+        self.gatt_ms = _opt_ms(d, "gatt_ms")
+        self.refuse_short = bool(d.get("refuse_short_interval", False))
         self.drop_after_ms = d.get("drop_after_ms")
         self.connect_failures = int(d.get("connect_failures", 0))
         self.lose = list(d.get("lose_notifications") or [])
@@ -201,29 +319,37 @@ class _Peer:
             raise ValueError("uuids must be 'ff00' or 'fff0'")
         self.svc_uuid16 = svc
         wprops = int(d.get("write_props", FLAG_READ | FLAG_WRITE_NO_RESPONSE))
+        shift = int(d.get("handles_shift", 0))
+        if not 0 <= shift <= 0xFF00:
+            raise ValueError("handles_shift must be 0..65280")
+
+        def h(n):
+            return n + shift
 
         # GATT table (handles as on the common JBD dongle: notify value 0x11,
-        # its CCCD 0x12, write value 0x15).
+        # its CCCD 0x12, write value 0x15; handles_shift moves them all).
         self.services = [
-            (0x0001, 0x0005, UUID(0x1800), [
-                _Char(0x0002, 0x0003, FLAG_READ, UUID(0x2A00), []),
-                _Char(0x0004, 0x0005, FLAG_READ, UUID(0x2A01), []),
+            (h(0x0001), h(0x0005), UUID(0x1800), [
+                _Char(h(0x0002), h(0x0003), FLAG_READ, UUID(0x2A00), []),
+                _Char(h(0x0004), h(0x0005), FLAG_READ, UUID(0x2A01), []),
             ]),
-            (0x0006, 0x0009, UUID(0x1801), [
-                _Char(0x0007, 0x0008, FLAG_INDICATE, UUID(0x2A05), [(0x0009, UUID(0x2902))]),
+            (h(0x0006), h(0x0009), UUID(0x1801), [
+                _Char(h(0x0007), h(0x0008), FLAG_INDICATE, UUID(0x2A05), [(h(0x0009), UUID(0x2902))]),
             ]),
-            (0x000F, 0x0016, UUID(svc), [
-                _Char(0x0010, 0x0011, FLAG_READ | FLAG_NOTIFY, UUID(ntf),
-                      [(0x0012, UUID(0x2902)), (0x0013, UUID(0x2901))]),
-                _Char(0x0014, 0x0015, wprops, UUID(wr), [(0x0016, UUID(0x2901))]),
+            (h(0x000F), h(0x0016), UUID(svc), [
+                _Char(h(0x0010), h(0x0011), FLAG_READ | FLAG_NOTIFY, UUID(ntf),
+                      [(h(0x0012), UUID(0x2902)), (h(0x0013), UUID(0x2901))]),
+                _Char(h(0x0014), h(0x0015), wprops, UUID(wr), [(h(0x0016), UUID(0x2901))]),
             ]),
-            (0x0017, 0xFFFF, UUID(_VENDOR_SVC), [
-                _Char(0x0018, 0x0019, FLAG_READ | FLAG_WRITE_NO_RESPONSE, UUID(_VENDOR_CHR), []),
+            (h(0x0017), 0xFFFF, UUID(_VENDOR_SVC), [
+                _Char(h(0x0018), h(0x0019), FLAG_READ | FLAG_WRITE_NO_RESPONSE, UUID(_VENDOR_CHR), []),
             ]),
         ]
-        self.notify_handle = 0x0011
-        self.cccd_handle = 0x0012
-        self.write_handle = 0x0015
+        self.notify_handle = h(0x0011)
+        self.cccd_handle = h(0x0012)
+        self.write_handle = h(0x0015)
+        self.changed_cccd = h(0x0009)  # Service Changed's CCCD: writable, no effect
+        self.vendor_handle = h(0x0019)  # the vendor (OTA) characteristic: written to nowhere
         # Attribute list (handle -> type UUID) for descriptor discovery.
         attrs = []
         for start, end, suuid, chars in self.services:
@@ -237,26 +363,35 @@ class _Peer:
         self.attrs = attrs
         nm = (self.name or "").encode()
         self.values = {
-            0x0003: nm,
-            0x0005: b"\x00\x00",
-            0x0008: b"",
-            0x0009: b"\x00\x00",
-            0x0011: b"",
-            0x0013: b"Notify",
-            0x0015: b"",
-            0x0016: b"Write",
-            0x0019: b"",
+            h(0x0003): nm,
+            h(0x0005): b"\x00\x00",
+            h(0x0008): b"",
+            h(0x0009): b"\x00\x00",
+            h(0x0011): b"",
+            h(0x0013): b"Notify",
+            h(0x0015): b"",
+            h(0x0016): b"Write",
+            h(0x0019): b"",
         }
+        self.bms_free = None  # tick when the BMS's UART is free again
         self.link(None)
         self.adv_data, self.resp_data = self._build_adv()
 
-    def link(self, conn_handle):
+    def link(self, conn_handle, interval_ms=None):
         # Every link (and the lack of one) starts unsubscribed with no GATT
         # procedure pending: a procedure of a lost link never completes.
         self.conn_handle = conn_handle
+        self.interval_ms = interval_ms
         self.disconnecting = False
         self.cccd = 0
         self.ops = []
+        self.att_free = None  # tick when the link's last queued ATT request is answered
+
+    def is_attr(self, handle):
+        for a in self.attrs:
+            if a[0] == handle:
+                return True
+        return False
 
     def _build_adv(self):
         adv = b"\x02\x01\x06" + bytes([3, 0x03, self.svc_uuid16 & 0xFF, self.svc_uuid16 >> 8])
@@ -305,11 +440,26 @@ class _Scan:
 
 
 class _Pending:
-    def __init__(self, peer, addr_type, addr):
+    def __init__(self, peer, addr_type, addr, interval_ms):
         self.peer = peer
         self.addr_type = addr_type
         self.addr = addr
+        self.interval_ms = interval_ms
         self.cancelled = False
+
+
+def _interval_ms(peer, min_us, max_us):
+    """The connection interval a link runs at: the central's request (its minimum, or
+    its maximum if only that is given) but not below what the dongle accepts, or
+    NimBLE's default without a request or when the dongle refuses a short one."""
+    default = _fig("conn_interval_default_ms")
+    req = min_us if min_us is not None else max_us
+    if req is None:
+        return default
+    itv = max(req / 1000, _fig("conn_interval_min_ms"))
+    if peer is not None and peer.refuse_short and itv < default:
+        return default
+    return itv
 
 
 class _BLE:
@@ -489,10 +639,12 @@ class _BLE:
         self._call(_IRQ_SCAN_DONE, ())
 
     async def _scan_task(self, sc, gen):
+        # Real ms since the scan started: each device's next advertisement and its
+        # advertising interval (full-duty scan: every advertisement is heard).
         start = _ticks()
-        due = {}
-        for i, p in enumerate(self._peers):
-            due[i] = 5 + 4 * i
+        adv = _fig("adv_interval_ms")
+        period = max(_MIN_REPEAT_MS, _real(adv))
+        due = [_real(_uniform(adv)) for p in self._peers]
         seen = {}
         while True:
             if sc.stopped or gen != self._gen:
@@ -516,7 +668,8 @@ class _BLE:
                             self._report(p, _SCAN_RSP, rssi, p.resp_data)
                             if sc.stopped or gen != self._gen:
                                 return
-                    due[i] = now + _SCAN_REPEAT_MS
+                    while due[i] <= now:  # advertisements missed while busy are gone
+                        due[i] += period
                 if nxt is None or due[i] < nxt:
                     nxt = due[i]
             wait = 50 if nxt is None else max(1, nxt - now)
@@ -554,13 +707,15 @@ class _BLE:
         if scan_duration_ms is None:
             scan_duration_ms = 2000
         peer = self._find_peer(addr_type, addr)
-        pend = _Pending(peer, addr_type, addr)
+        pend = _Pending(peer, addr_type, addr, _interval_ms(peer, min_conn_interval_us, max_conn_interval_us))
         self._pending = pend
         simlog.event(
             "connect_start",
             address=simlog.mac_text(addr),
             addr_type=addr_type,
             scan_duration_ms=scan_duration_ms,
+            min_conn_interval_us=min_conn_interval_us,
+            max_conn_interval_us=max_conn_interval_us,
         )
         asyncio.create_task(self._connect_task(pend, int(scan_duration_ms), self._gen))
         return None
@@ -577,23 +732,29 @@ class _BLE:
 
     async def _connect_task(self, pend, scan_ms, gen):
         peer = pend.peer
+        itv = pend.interval_ms
         start = _ticks()
         fail_this = False
         if peer is not None and peer.connect_failures > 0:
             peer.connect_failures -= 1
             fail_this = True
-        # Wait until the peer is seen advertising (connect_ms after it starts
-        # advertising) or the scan window ends.
+        # Real ms from the peer (re)starting to advertise to hearing it, and from
+        # hearing it (the CONNECT_IND) to the link's first connection event.
+        if peer is not None and peer.connect_ms is not None:
+            hear, setup = peer.connect_ms, 0
+        else:
+            hear = _real(_uniform(_fig("adv_interval_ms")))
+            setup = _real(_fig("conn_setup_ms") + _fig("conn_setup_intervals") * itv)
+        # Wait until the peer's advertisement is heard or the scan window ends.
         adv_since = None
         while True:
-            await asyncio.sleep_ms(5)
-            if pend.cancelled or gen != self._gen:
-                return
             el = _diff(_ticks(), start)
+            wait = 5
             if peer is not None and not fail_this and peer.advertising():
                 if adv_since is None:
                     adv_since = el
-                if el - adv_since >= peer.connect_ms:
+                wait = adv_since + hear - el
+                if wait <= 0:
                     break
             else:
                 adv_since = None
@@ -605,12 +766,19 @@ class _BLE:
                 simlog.event("connect", address=simlog.mac_text(pend.addr), ok=False, reason=reason)
                 self._connect_failed()
                 return
+            await asyncio.sleep_ms(min(wait, scan_ms - el))
+            if pend.cancelled or gen != self._gen:
+                return
+        if setup:
+            await asyncio.sleep_ms(setup)
+            if pend.cancelled or gen != self._gen:
+                return
         self._pending = None
         h = self._next_handle
         self._next_handle += 1
-        peer.link(h)
+        peer.link(h, itv)
         self._conns[h] = peer
-        simlog.event("connect", address=peer.address, ok=True, conn_handle=h)
+        simlog.event("connect", address=peer.address, ok=True, conn_handle=h, interval_ms=itv)
         self._call_views(_IRQ_PERIPHERAL_CONNECT, (h, peer.addr_type, self._mv_addr(peer.addr)))
         if peer.drop_after_ms is not None:
             asyncio.create_task(self._drop(h, "remote", int(peer.drop_after_ms), self._gen))
@@ -623,7 +791,8 @@ class _BLE:
         if p.disconnecting:
             raise OSError(errno.EALREADY)
         p.disconnecting = True
-        asyncio.create_task(self._drop(conn_handle, "local", 20, self._gen))
+        delay = _real(_fig("ble_disconnect_intervals") * p.interval_ms)
+        asyncio.create_task(self._drop(conn_handle, "local", delay, self._gen))
         return True
 
     async def _drop(self, h, reason, delay, gen):
@@ -645,14 +814,27 @@ class _BLE:
 
     # --- GATT client ----------------------------------------------------------
 
-    def _op(self, peer, h, results, done):
-        # results: list of (event, data); done: (event, ok_data, fail_data or None)
+    def _op(self, peer, h, results, done, rtts):
+        # results: list of (event, data); done: (event, ok_data, fail_data or None).
+        # The link's ATT requests are answered one after the other, `rtts` round trips
+        # each (or gatt_ms per procedure).
+        if peer.gatt_ms is not None:
+            cost = peer.gatt_ms
+        else:
+            cost = _real(rtts * _fig("att_rtt_intervals") * peer.interval_ms)
+        peer.att_free = _later(peer.att_free, cost)
         op = [results, done]
         peer.ops.append(op)
-        asyncio.create_task(self._run_op(peer, h, op, self._gen))
+        asyncio.create_task(self._run_op(peer, h, op, peer.att_free, self._gen))
 
-    async def _run_op(self, peer, h, op, gen):
-        await asyncio.sleep_ms(peer.gatt_ms)
+    def _discovery(self, p, kind, start, end, uuid, key):
+        rtts = _fig(key)
+        simlog.event("discover", address=p.address, kind=kind, start=start, end=end,
+                     uuid=None if uuid is None else repr(uuid), rtts=rtts, interval_ms=p.interval_ms)
+        return rtts
+
+    async def _run_op(self, peer, h, op, due, gen):
+        await _until(due)
         if gen != self._gen or op not in peer.ops:
             return
         peer.ops.remove(op)
@@ -669,8 +851,9 @@ class _BLE:
         for start, end, su, chars in p.services:
             if uuid is None or su == uuid:
                 res.append((_IRQ_GATTC_SERVICE_RESULT, (conn_handle, start, end, UUID(su))))
+        rtts = self._discovery(p, "services", 1, 0xFFFF, uuid, "gatt_service_rtts")
         self._op(p, conn_handle, res,
-                 (_IRQ_GATTC_SERVICE_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)))
+                 (_IRQ_GATTC_SERVICE_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)), rtts)
 
     def gattc_discover_characteristics(self, conn_handle, start_handle, end_handle, uuid=None):
         p = self._peer_for(conn_handle)
@@ -689,8 +872,9 @@ class _BLE:
                 res.append((_IRQ_GATTC_CHARACTERISTIC_RESULT,
                             (conn_handle, c_end, c.value_handle, c.props, UUID(c.uuid))))
         self._char_disc_busy = True
+        rtts = self._discovery(p, "characteristics", start_handle, end_handle, uuid, "gatt_characteristics_rtts")
         self._op(p, conn_handle, res,
-                 (_IRQ_GATTC_CHARACTERISTIC_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)))
+                 (_IRQ_GATTC_CHARACTERISTIC_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)), rtts)
 
     def gattc_discover_descriptors(self, conn_handle, start_handle, end_handle):
         p = self._peer_for(conn_handle)
@@ -698,13 +882,14 @@ class _BLE:
         for h, u in p.attrs:
             if start_handle < h <= end_handle:
                 res.append((_IRQ_GATTC_DESCRIPTOR_RESULT, (conn_handle, h, UUID(u))))
+        rtts = self._discovery(p, "descriptors", start_handle, end_handle, None, "gatt_descriptor_rtts")
         self._op(p, conn_handle, res,
-                 (_IRQ_GATTC_DESCRIPTOR_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)))
+                 (_IRQ_GATTC_DESCRIPTOR_DONE, (conn_handle, 0), (conn_handle, _BLE_HS_ENOTCONN)), rtts)
 
     def gattc_read(self, conn_handle, value_handle):
         p = self._peer_for(conn_handle)
         c = p.find_char(value_handle)
-        if value_handle == p.cccd_handle or value_handle == 0x0009:
+        if value_handle == p.cccd_handle or value_handle == p.changed_cccd:
             status, val = 0, bytes([p.cccd & 0xFF, p.cccd >> 8]) if value_handle == p.cccd_handle else b"\x00\x00"
         elif value_handle not in p.values:
             status, val = _ATT_INVALID_HANDLE, None
@@ -718,7 +903,7 @@ class _BLE:
         simlog.event("read", address=p.address, handle=value_handle, status=status)
         self._op(p, conn_handle, res,
                  (_IRQ_GATTC_READ_DONE, (conn_handle, value_handle, status),
-                  (conn_handle, value_handle, _BLE_HS_ENOTCONN)))
+                  (conn_handle, value_handle, _BLE_HS_ENOTCONN)), 1)
 
     def gattc_write(self, conn_handle, value_handle, data, mode=0):
         p = self._peer_for(conn_handle)
@@ -738,28 +923,56 @@ class _BLE:
             else:
                 simlog.event("write", address=p.address, handle=value_handle,
                              hex=binascii.hexlify(data).decode(), response=bool(mode))
+                seen = len(p.bms.requests)
                 out = p.bms.handle_write(data)
                 if out:
-                    asyncio.create_task(self._deliver(p, conn_handle, out, self._gen))
-        elif value_handle == 0x0009 or value_handle == 0x0019:
+                    due = self._reply_due(p, len(data), out, len(p.bms.requests) - seen)
+                    asyncio.create_task(self._deliver(p, conn_handle, out, due, self._gen))
+        elif value_handle == p.changed_cccd or value_handle == p.vendor_handle:
             pass
-        elif value_handle in p.values:
+        elif p.is_attr(value_handle):
             status = _ATT_WRITE_NOT_PERMITTED
         else:
             status = _ATT_INVALID_HANDLE
         if mode == 1:
             self._op(p, conn_handle, [],
                      (_IRQ_GATTC_WRITE_DONE, (conn_handle, value_handle, status),
-                      (conn_handle, value_handle, _BLE_HS_ENOTCONN)))
+                      (conn_handle, value_handle, _BLE_HS_ENOTCONN)), _fig("cccd_write_rtts"))
 
-    async def _deliver(self, p, h, out, gen):
-        await asyncio.sleep_ms(p.latency_ms)
+    def _reply_due(self, p, req_bytes, out, replies):
+        """Tick at which the reply to a request written now leaves the dongle: half an
+        interval to the BMS, its UART (queued behind an earlier request's) carrying
+        request and reply, processing per reply; half an interval back."""
+        if p.latency_ms is not None:
+            return time.ticks_add(_ticks(), p.latency_ms)
+        half = _real(p.interval_ms / 2)
+        nbytes = req_bytes
+        for c in out:
+            nbytes += len(c)
+        busy = _real(_uart_ms(nbytes) + max(1, replies) * _fig("bms_processing_ms"))
+        arrive = time.ticks_add(_ticks(), half)
+        start = arrive if p.bms_free is None or _diff(p.bms_free, arrive) < 0 else p.bms_free
+        p.bms_free = time.ticks_add(start, busy)
+        return time.ticks_add(p.bms_free, half)
+
+    async def _deliver(self, p, h, out, due, gen):
+        await _until(due)
         if gen != self._gen or self._conns.get(h) is not p:
             simlog.event("notify_lost", address=p.address, reason="disconnected", chunks=len(out))
             return
         # All chunks of the reply back-to-back, no asyncio turn in between (as
-        # with the ESP32's synchronous BLE events).
+        # with the ESP32's synchronous BLE events), unless the profile spaces them.
+        gap = 0
+        if p.latency_ms is None:
+            gap = _real(_fig("notify_extra_intervals") * p.interval_ms)
+        first = True
         for chunk in out:
+            if gap and not first:
+                await asyncio.sleep_ms(gap)
+                if gen != self._gen or self._conns.get(h) is not p:
+                    simlog.event("notify_lost", address=p.address, reason="disconnected", len=len(chunk))
+                    return
+            first = False
             if not (p.cccd & 1):
                 simlog.event("notify_lost", address=p.address, reason="not_subscribed", len=len(chunk))
                 continue
@@ -776,7 +989,7 @@ class _BLE:
         p = self._peer_for(conn_handle)
         mtu = min(self._mtu, int(p.d.get("mtu", 23)))
         simlog.event("mtu", address=p.address, mtu=mtu)
-        self._op(p, conn_handle, [], (_IRQ_MTU_EXCHANGED, (conn_handle, mtu), None))
+        self._op(p, conn_handle, [], (_IRQ_MTU_EXCHANGED, (conn_handle, mtu), None), 1)
 
     # --- peripheral-role calls that a central-only firmware should not need ---
 

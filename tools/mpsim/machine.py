@@ -6,7 +6,10 @@
 #   reset_cause     int as text, read at import (default PWRON_RESET)
 #   wake_reason     optional int as text (default TIMER_WAKE after deep sleep)
 #   rtc.bin         RTC memory, loaded at import, rewritten on every write
-#   deepsleep.json  written by deepsleep()/reset(); the process then exits
+#   deepsleep.json  written by deepsleep()/reset(): {"ms": sleep time or null
+#                   [, "reset": true], "awake_ms": ticks_ms() since simrun.py started
+#                   boot.py (real ms: the latency profile's waits at its time_scale)};
+#                   the process then exits
 #   wdt             written by WDT()/feed(): the timeout in ms; the driver
 #                   watches its mtime and kills the wake when it is not fed
 # Without JBDGW_SIM_DIR nothing is read or written.
@@ -122,13 +125,24 @@ def wake_pins():
 #: Set when deepsleep()/reset() ran; simrun.py reports firmware that caught
 #: the SystemExit and carried on.
 _ended = False
+#: time.ticks_ms() when simrun.py started boot.py (None when not run by simrun.py). The
+#: board's boot_to_main_ms is not waited for here: the bench adds it from the profile.
+_boot_ticks = None
+
+
+def _awake_ms():
+    if _boot_ticks is None:
+        return None
+    return time.ticks_diff(time.ticks_ms(), _boot_ticks)
 
 
 def _end(record, ev, **fields):
     global _ended
     _ended = True
+    awake = _awake_ms()
+    record["awake_ms"] = awake
     _write_text("deepsleep.json", json.dumps(record))
-    simlog.event(ev, **fields)
+    simlog.event(ev, awake_ms=awake, **fields)
     _flush()
     sys.exit(0)
 

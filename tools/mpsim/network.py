@@ -2,17 +2,51 @@
 #
 # The access point comes from the scenario's optional "wifi" object:
 #   {"ssid": "demo", "password": "demo-pass", "bssid": "02:11:22:33:44:55",
-#    "channel": 6, "rssi": -62, "connect_ms": 40, "dhcp_ms": 0, "down": false}
-# Without it any ssid/password connects. connect() is asynchronous as on the
-# ESP32: status() is STAT_CONNECTING until the simulated time has passed, then
-# STAT_GOT_IP or a failure code (which, as on the ESP32, status() reports even
-# though the driver keeps retrying). Timing: a normal connect takes connect_ms
-# (+ dhcp_ms unless a static address is set); with config(channel=<AP channel>)
-# and the AP's bssid it skips the channel scan and takes connect_ms // 4; a
-# missing AP (wrong ssid, "down", or a bssid that is not the AP's) gives
-# STAT_NO_AP_FOUND after 2 * connect_ms; a wrong password STAT_WRONG_PASSWORD
-# after connect_ms. Once connected, sockets use the host's network.
-# Events: wifi_active, wifi_connect, wifi_disconnect.
+#    "channel": 6, "rssi": -62, "down": false}
+# plus, to override the latency profile for one test, any of its Wi-Fi figures
+# (wifi_probe_ms, wifi_assoc_ms, dhcp_ms, static_ip_ms, wifi_scan_*). Without the
+# object any ssid/password connects to an AP on channel 6. The AP moving to
+# another channel, or being replaced (another bssid), is a change of the scenario
+# between wakes (run_wakes' on_wake rewrites the file).
+#
+# connect() is asynchronous as on the ESP32: status() is STAT_CONNECTING (at
+# least once) until the simulated time has passed, then STAT_GOT_IP or a failure
+# code (which, as on the ESP32, status() reports even though the driver keeps
+# retrying). Once connected, sockets use the host's network.
+#
+# Timing (simulated ms from the profile via simlog.figure, waited at its
+# time_scale; 0 without a profile), as tools/jbdgw/model.py adds it up:
+# - the channel probe: ESP-IDF's connect scans the station config's channel
+#   first, then channels 1..N skipping it, and (fast scan, the default) stops at
+#   the first AP that matches ssid (and bssid when given) (ESP-IDF Wi-Fi guide,
+#   "Station Basic Configuration", fields scan_method/channel:
+#   espressif/esp-idf@002c10d97b51 docs/en/api-guides/wifi.rst). Hint = the AP's
+#   channel: no probe; no hint: wifi_probe_ms; a wrong hint (the AP moved):
+#   one dwell on the hinted channel (wifi_scan_active_dwell_ms, or the passive
+#   dwell above wifi_scan_active_channels) + wifi_probe_ms, and then it connects.
+# - then wifi_assoc_ms (authentication, association, 4-way handshake), then
+#   dhcp_ms, or static_ip_ms once ipconfig(addr4=..)/ifconfig((..)) set an address;
+# - no matching AP (wrong ssid, "down", or a bssid that is not the AP's): the
+#   connect scan visits every channel in vain, STAT_NO_AP_FOUND after a full
+#   scan's time; a wrong password: STAT_WRONG_PASSWORD after probe + association;
+# - scan() blocks for a full scan: wifi_scan_active_channels x
+#   wifi_scan_active_dwell_ms + wifi_scan_passive_channels x
+#   wifi_scan_passive_dwell_ms (model.full_scan_ms).
+# The hint is the station config's channel, set by config(channel=n). As on the
+# board, connect() with an ssid/key replaces the whole station config, so a
+# channel set before it is dropped (micropython/micropython@1c3c2011
+# ports/esp32/network_wlan.c L330-L352: a zeroed wifi_config_t with ssid, key
+# and bssid only; micropython/micropython#11819 reports config(channel=11) then
+# connect(ssid, key) joining on channel 1). connect() without arguments keeps
+# it: connect(ssid, key, bssid=b); disconnect(); config(channel=n); connect()
+# is how a board connects with a channel hint.
+#
+# Readable after connecting, as on the ESP32 port (network_wlan.c
+# network_wlan_config/network_wlan_status): config("channel") (the radio's
+# channel: the AP's once connected), config("mac"), config("ssid"),
+# status("rssi"). The BSSID is not readable there (no "bssid" key: ValueError).
+# Events: wifi_active, wifi_connect (hint, probe_ms, connect_ms: simulated),
+# wifi_scan (scan_ms), wifi_disconnect.
 
 import time
 
@@ -71,9 +105,26 @@ def _ap_channel():
     return int(ap.get("channel", 6))
 
 
-def _connect_ms():
+def _fig(key):
+    """A Wi-Fi figure in simulated ms (or a channel count): the scenario's "wifi" object
+    overrides the latency profile."""
     ap = _ap() or {}
-    return int(ap.get("connect_ms", 40))
+    if key in ap:
+        return ap[key]
+    return simlog.figure(key, 0)
+
+
+def _dwell_ms(channel):
+    """One channel of a scan: channels above the active ones are scanned passively."""
+    active = _fig("wifi_scan_active_channels")
+    if active and channel > active:
+        return _fig("wifi_scan_passive_dwell_ms")
+    return _fig("wifi_scan_active_dwell_ms")
+
+
+def _full_scan_ms():
+    return (_fig("wifi_scan_active_channels") * _fig("wifi_scan_active_dwell_ms")
+            + _fig("wifi_scan_passive_channels") * _fig("wifi_scan_passive_dwell_ms"))
 
 
 def hostname(*name):
@@ -162,8 +213,9 @@ class WLAN:
         self._due = 0
         self._outcome = 0
         self._pending = False
+        self._polled = False
         self._plan_ms = 0
-        self._fast = False
+        self._probe_ms = 0
         # IPv4
         self._dhcp = True
         self._static = None  # (addr, mask, gw) set with ipconfig/ifconfig
@@ -201,11 +253,12 @@ class WLAN:
         _require(self, STA_IF)
         if ssid is not None or key is not None:
             # As on the ESP32, positional arguments replace the whole station
-            # config (a bssid not given now is forgotten); connect() alone
-            # reuses the previous one.
+            # config (a bssid not given now is forgotten, the channel hint is
+            # cleared); connect() alone reuses the previous one.
             self._ssid = ssid if ssid is not None else ""
             self._key = key if key is not None else ""
             self._bssid = None
+            self._cfg_channel = 0
             if bssid is not None:
                 b = bytes(bssid)
                 if len(b) != 6:
@@ -221,35 +274,36 @@ class WLAN:
 
     def _plan(self):
         ap = _ap()
-        cms = _connect_ms()
-        fast = False
-        if ap is None:
-            outcome = STAT_GOT_IP
-            due = cms
-        elif ap.get("down"):
-            outcome, due = STAT_NO_AP_FOUND, 2 * cms
-        elif self._ssid != ap.get("ssid", ""):
-            outcome, due = STAT_NO_AP_FOUND, 2 * cms
-        elif self._bssid is not None and self._bssid != _ap_bssid():
-            outcome, due = STAT_NO_AP_FOUND, 2 * cms
-        elif self._key != ap.get("password", ""):
-            outcome, due = STAT_WRONG_PASSWORD, cms
+        hint, channel = self._cfg_channel, _ap_channel()
+        if hint == channel:
+            probe = 0
+        elif hint:
+            probe = _dwell_ms(hint) + _fig("wifi_probe_ms")
+        else:
+            probe = _fig("wifi_probe_ms")
+        if ap is not None and (ap.get("down") or self._ssid != ap.get("ssid", "")
+                               or (self._bssid is not None and self._bssid != _ap_bssid())):
+            outcome, probe, due = STAT_NO_AP_FOUND, None, _full_scan_ms()
+        elif ap is not None and self._key != ap.get("password", ""):
+            outcome, due = STAT_WRONG_PASSWORD, probe + _fig("wifi_assoc_ms")
         else:
             outcome = STAT_GOT_IP
-            fast = self._bssid is not None and self._cfg_channel == _ap_channel()
-            due = cms // 4 if fast else cms
-        if outcome == STAT_GOT_IP and self._dhcp:
-            due += int((ap or {}).get("dhcp_ms", 0))
+            ip = _fig("dhcp_ms") if self._dhcp else _fig("static_ip_ms")
+            due = probe + _fig("wifi_assoc_ms") + ip
         self._outcome = outcome
         self._plan_ms = due
-        self._fast = fast
+        self._probe_ms = probe
         self._t0 = time.ticks_ms()
-        self._due = due
+        self._due = simlog.delay_ms(due)
+        self._polled = False
         self._pending = True
 
     def _update(self):
         global _dns
         if not self._pending:
+            return
+        if not self._polled:  # connect() returns before the driver has done anything
+            self._polled = True
             return
         if time.ticks_diff(time.ticks_ms(), self._t0) < self._due:
             return
@@ -271,9 +325,9 @@ class WLAN:
             "wifi_connect",
             ssid=self._ssid,
             bssid=simlog.mac_text(self._bssid) if self._bssid else None,
-            channel=self._cfg_channel or None,
-            static=self._static is not None,
-            fast=self._fast,
+            hint=self._cfg_channel or None,
+            static=not self._dhcp,
+            probe_ms=self._probe_ms,
             ok=ok,
             status=STAT_GOT_IP if ok else self._outcome,
             connect_ms=self._plan_ms,
@@ -322,7 +376,11 @@ class WLAN:
     def scan(self):
         if not (self._if == STA_IF and self._active):
             raise OSError("STA must be active")
-        time.sleep_ms(2 * _connect_ms())
+        ms = _full_scan_ms()
+        real = simlog.delay_ms(ms)
+        if real > 0:
+            time.sleep_ms(real)  # blocking, as the port's esp_wifi_scan_start(&config, 1)
+        simlog.event("wifi_scan", scan_ms=ms)
         ap = _ap()
         if ap is not None and ap.get("down"):
             return []

@@ -82,3 +82,32 @@ def mac_bytes(text):
 def mac_text(b):
     """6 bytes -> "aa:bb:cc:dd:ee:ff" (lower case, as the events show it)."""
     return ":".join(["%02x" % x for x in b])
+
+
+# The latency profile (tools/jbdgw/profiles/*.json, resolved by the driver into a flat
+# {key: value} file named by $JBDGW_SIM_PROFILE, with "time_scale" added): the stand-ins
+# take every radio, link and BMS latency from it. Without one (a stand-in's own unit
+# tests), every latency is 0 and other figures come from `default`.
+_profile = None
+
+
+def profile():
+    global _profile
+    if _profile is None:
+        _profile = {}
+        p = _getenv("JBDGW_SIM_PROFILE")
+        if p:
+            with open(p) as f:
+                _profile = json.load(f)
+    return _profile
+
+
+def figure(key, default=0):
+    """A profile figure as given (a count, a rate, or ms not to be scaled)."""
+    return profile().get(key, default)
+
+
+def delay_ms(ms):
+    """Simulated milliseconds -> the milliseconds to really wait (profile's time_scale,
+    below 1 in tests to run faster); whole ms, as asyncio.sleep_ms needs."""
+    return int(ms * profile().get("time_scale", 1) + 0.5)

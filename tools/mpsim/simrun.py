@@ -50,6 +50,13 @@ del _cost
 _crashed = False
 _g = {"__name__": "__main__"}
 
+# The wake's awake time counts from here (machine.deepsleep() records it as awake_ms).
+if "machine" in sys.modules:
+    import time
+
+    sys.modules["machine"]._boot_ticks = time.ticks_ms()
+    del time
+
 
 def _ended():
     m = sys.modules.get("machine")

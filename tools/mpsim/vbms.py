@@ -27,7 +27,6 @@ STATUS_INVALID = 0x81  # invalid operation (e.g. EEPROM access outside factory m
 
 DEFAULT_MODEL = "JBD-SP04S034-L4S-200A-B-U"
 DEFAULT_CHUNK = 20
-DEFAULT_LATENCY_MS = 20
 
 DEFAULT_BATTERY = {
     "cells_mv": [3300, 3301, 3299, 3302],

@@ -1,0 +1,88 @@
+"""The warm-wake optimisations (issue 12) and the faults each must survive: cached GATT
+handles (and stale ones), a short connection interval (and a dongle that refuses it), the
+cached Wi-Fi channel (and an AP that moved), a reused DHCP lease, one write per MQTT packet,
+one summary line per reading. Firmware on the unix port, a real broker, the esp32-typical
+latency profile at simharness.TIME_SCALE."""
+
+from __future__ import annotations
+
+from simharness import WIFI, battery, config_for, device, run_gateway, scenario
+
+
+def kinds(run, wake: int) -> list[str]:
+    return [e["kind"] for e in run.events(wake, "discover")]
+
+
+def test_warm_wake_uses_cached_handles_and_a_15ms_interval(tmp_path, broker):
+    bat = battery([3301, 3305, 3299, 3302])
+    run = run_gateway(tmp_path, broker, scenario(device(battery=bat)), config_for(broker, [{"name": "Cabin 580ah"}]),
+                      wakes=3)
+    assert len(run.readings) == 3 and all(s["state"] == "ok" for s in run.statuses)
+    # Cold: one pass each for the service, its characteristics and the CCCD.
+    assert kinds(run, 0) == ["services", "characteristics", "descriptors"]
+    for wake in (1, 2):
+        assert kinds(run, wake) == []  # warm: no discovery at all
+        [sub] = run.events(wake, "subscribe")
+        assert sub["notify"] is True
+    for wake in range(3):
+        [conn] = [e for e in run.events(wake, "connect") if e["ok"]]
+        assert conn["interval_ms"] == 15
+    assert run.readings[2]["cells"] == bat["cells_mv"]
+
+
+def test_stale_cached_handles_fall_back_to_discovery_in_the_same_wake(tmp_path, broker):
+    def swap_module_firmware(index, scen):
+        if index == 0:  # the dongle's GATT table moves (e.g. a firmware update), same MAC
+            scen["devices"][0]["handles_shift"] = 3
+
+    run = run_gateway(tmp_path, broker, scenario(device()), config_for(broker, [{"name": "Cabin 580ah"}]),
+                      wakes=3, between=swap_module_firmware)
+    assert [s["state"] for s in run.statuses] == ["ok", "ok", "ok"]
+    assert len(run.readings) == 3
+    assert "cached GATT handles" in run.wakes[1].stdout
+    assert kinds(run, 1) == ["services", "characteristics", "descriptors"]
+    assert kinds(run, 2) == []  # the new handles were cached
+
+
+def test_dongle_refusing_the_short_interval_still_reads(tmp_path, broker):
+    run = run_gateway(tmp_path, broker, scenario(device(refuse_short_interval=True)),
+                      config_for(broker, [{"name": "Cabin 580ah"}]), wakes=2)
+    assert [s["state"] for s in run.statuses] == ["ok", "ok"]
+    for wake in range(2):
+        [conn] = [e for e in run.events(wake, "connect") if e["ok"]]
+        assert conn["interval_ms"] == 40
+
+
+def test_wifi_channel_cached_without_a_scan_and_relearnt_when_the_ap_moves(tmp_path, broker):
+    def move_ap(index, scen):
+        if index == 1:
+            scen["wifi"]["channel"] = 11
+
+    run = run_gateway(tmp_path, broker, scenario(device()), config_for(broker, [{"name": "Cabin 580ah"}]),
+                      wakes=4, between=move_ap)
+    assert [s["state"] for s in run.statuses] == ["ok"] * 4
+    assert all(run.events(w, "wifi_scan") == [] for w in range(4))  # never a blocking wlan.scan()
+    hints = [[e["hint"] for e in run.events(w, "wifi_connect") if e["ok"]][-1] for w in range(4)]
+    probes = [[e["probe_ms"] for e in run.events(w, "wifi_connect") if e["ok"]][-1] for w in range(4)]
+    assert hints == [None, WIFI["channel"], WIFI["channel"], 11]
+    assert probes[0] > 0 and probes[1] == 0 and probes[2] > 0 and probes[3] == 0
+
+
+def test_dhcp_lease_reused_for_an_hour_then_renewed(tmp_path, broker):
+    cfg = config_for(broker, [{"name": "Cabin 580ah"}], interval_min=30)
+    run = run_gateway(tmp_path, broker, scenario(device()), cfg, wakes=4)
+    assert [s["state"] for s in run.statuses] == ["ok"] * 4
+    static = [[e["static"] for e in run.events(w, "wifi_connect") if e["ok"]][-1] for w in range(4)]
+    # DHCP, the lease twice (0 and 30 minutes old), then DHCP again at 60 minutes.
+    assert static == [False, True, True, False]
+
+
+def test_each_mqtt_packet_goes_out_in_one_write_without_a_nagle_stall(tmp_path, broker):
+    run = run_gateway(tmp_path, broker, scenario(device()), config_for(broker, [{"name": "Cabin 580ah"}]), wakes=2)
+    for wake in range(2):
+        replies = [e for e in run.events(wake, "tcp") if e["op"] == "reply"]
+        assert len(replies) >= 3  # CONNACK, then a PUBACK per publish
+        assert all(e["stall_ms"] == 0 for e in replies)
+        assert all(e["writes"] == 1 for e in replies[1:])  # every PUBLISH in one piece
+        out = run.wakes[wake].stdout
+        assert "gateway: reading %d (" % (wake + 1) in out and '"volts"' not in out
