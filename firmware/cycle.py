@@ -6,8 +6,12 @@
 # recorded and published when possible, and every wake ends in machine.deepsleep().
 import asyncio
 import gc
+import json
+import os
 import sys
 import time
+from binascii import hexlify
+from hashlib import sha256
 
 import machine
 from micropython import const
@@ -25,6 +29,43 @@ _ERROR_CHARS = const(200)
 # most this many minutes of wakes, then renewed: well inside common lease times, so the
 # router never hands the address to another device.
 _LEASE_REUSE_MIN = const(60)
+
+
+_CONFIG_FILE = "config.json"
+_CONFIG_CACHE = "state/config.cache"
+
+
+def load_config():
+    """The validated config. Validation (the config module, comment stripping, every rule)
+    runs only when config.json changed: its result is kept in state/config.cache under the
+    file's SHA-256, so a wake that finds the same file reads the cache with the C json
+    parser instead (on the board the validator's import and run are a few hundred ms of
+    CPU at 240 MHz; docs/benchmarks.md). Raises config.ConfigError."""
+    try:
+        with open(_CONFIG_FILE, "rb") as f:
+            digest = hexlify(sha256(f.read()).digest()).decode()
+        with open(_CONFIG_CACHE) as f:
+            kept = json.loads(f.read())  # json.load() reads a stream char by char: 6x slower
+        if kept["sha256"] == digest:
+            return kept["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or torn by a power cut (or no config.json: load() says so)
+    from firmware import config
+
+    cfg = config.load(_CONFIG_FILE)
+    _unload("firmware.config")
+    try:
+        try:
+            os.mkdir("state")
+        except OSError:
+            pass
+        tmp = _CONFIG_CACHE + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"sha256": digest, "config": cfg}, f)
+        os.rename(tmp, _CONFIG_CACHE)
+    except OSError as e:  # a full flash costs the next wake a validation, nothing more
+        print("gateway: cannot keep", _CONFIG_CACHE, e)
+    return cfg
 
 
 def _ms_since(t0):
@@ -259,14 +300,14 @@ def run_wake(wake):
     """One wake cycle; returns the deep-sleep time in ms (None = until reset)."""
     wake.begin()
     t = time.ticks_ms()
-    from firmware import config
-
     try:
-        wake.cfg = config.load()
-    except config.ConfigError as e:
+        wake.cfg = load_config()
+    except Exception as e:
+        from firmware import config
+
+        if not isinstance(e, config.ConfigError):
+            raise
         return _config_error(wake, e, config)
-    config = None
-    _unload("firmware.config")
     wake.mark("config", t)
     wake.feed()
     results = read_bms(wake)

@@ -86,3 +86,29 @@ def test_each_mqtt_packet_goes_out_in_one_write_without_a_nagle_stall(tmp_path, 
         assert all(e["writes"] == 1 for e in replies[1:])  # every PUBLISH in one piece
         out = run.wakes[wake].stdout
         assert "gateway: reading %d (" % (wake + 1) in out and '"volts"' not in out
+
+
+def test_config_validated_once_then_read_from_its_cache_until_it_changes(tmp_path, broker):
+    import json
+
+    from jbdgw.image import build_image
+
+    cfg = config_for(broker, [{"name": "Cabin 580ah"}])
+    image = build_image(tmp_path / "image", cfg)
+    cache = image / "state" / "config.cache"
+
+    def edit(index, scen):
+        if index == 0:  # the first wake validated config.json and kept the result
+            kept = json.loads(cache.read_text())
+            assert kept["config"]["interval_min"] == 5 and len(kept["sha256"]) == 64
+        if index == 1:  # the user edits config.json: validated again, the new value applies
+            doc = json.loads((image / "config.json").read_text())
+            doc["interval_min"] = 10
+            (image / "config.json").write_text(json.dumps(doc))
+        if index == 2:  # a cache torn by a power cut: validated again, no error
+            cache.write_text('{"sha256": "')
+
+    run = run_gateway(tmp_path, broker, scenario(device()), cfg, wakes=4, image=image, between=edit)
+    assert [s["state"] for s in run.statuses] == ["ok"] * 4
+    assert [w.sleep_ms for w in run.wakes] == [300000, 300000, 600000, 600000]
+    assert json.loads(cache.read_text())["config"]["interval_min"] == 10

@@ -467,6 +467,11 @@ def test_sim_cli_bad_arguments(tmp_path, capsys):
     good.write_text('{"mqtt": {"topic": "solar"}}')
     assert main(["sim", "--scenario", str(tmp_path / "missing.json"), "--config", str(good)]) == 2
     assert "scenario file not found" in capsys.readouterr().err
+    scen = tmp_path / "scen.json"
+    scen.write_text("{}")
+    assert main(["sim", "--scenario", str(scen), "--config", str(good), "--profile", "esp32-fastest"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown profile 'esp32-fastest'" in err and "esp32-typical" in err
 
 
 def test_heapsize_is_what_the_firmware_gets(tmp_path):

@@ -5,7 +5,6 @@ bounds of the same profile, and the energy per day those times give."""
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import tempfile
 import uuid
@@ -31,11 +30,6 @@ class WakeFigures:
     samples: list[float] = field(default_factory=list)
 
 
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def _config(broker) -> dict:
     cfg = json.loads((REPO / "tools" / "scenarios" / "demo-config.json").read_text())
     # A topic per run: a retained status from an earlier run must not be counted.
@@ -44,29 +38,19 @@ def _config(broker) -> dict:
 
 
 def run_series(broker, scenario: dict, wakes: int, work: Path, profile: str, *, heapsize: str | None = None,
-               image: Path | None = None, cpu: list[float] | None = None) -> tuple[list, list[dict]]:
-    """`wakes` wakes from a cold boot; returns (wake results, status payloads in order).
-    With `cpu`, appends each wake's CPU seconds (the micropython process's rusage)."""
+               ) -> tuple[list, list[dict]]:
+    """`wakes` wakes from a cold boot; returns (wake results, status payloads in order)."""
     from jbdgw.broker import Subscriber
     from jbdgw.image import build_image
     from jbdgw.sim import run_wakes
 
     cfg = _config(broker)
     image = build_image(work / "image", cfg)
-    last = [0.0]
-
-    def on_wake(_result) -> None:
-        now = _cpu_s()
-        if cpu is not None:
-            cpu.append(now - last[0])
-        last[0] = now
-
     with Subscriber(broker.host, broker.port, [cfg["mqtt"]["topic"] + "/status"]) as sub:
         results = run_wakes(image, scenario, wakes, work / "state", heapsize=heapsize, timeout_s=120,
-                            profile=profile, on_wake=on_wake, env=None)
+                            profile=profile)
         sub.wait_for(sum(1 for r in results if r.slept), timeout=15)
         statuses = [json.loads(m.payload) for m in sub.messages]
-    last[0] = _cpu_s()
     return results, statuses
 
 
@@ -97,48 +81,46 @@ def figures(kind: str, results: list, statuses: list[dict], pick: range) -> Wake
     return WakeFigures(kind, len(awake), med(ble), med(wifi), med(mqtt), med(awake), awake)
 
 
-def measure_cpu_ms(broker, scenario: dict, work: Path, wakes: int = 11) -> dict:
-    """The firmware's own CPU time per warm wake on the unix port: the micropython process's
-    CPU time under the zero-radio profile, minus that of a wake whose main.py only
-    deep-sleeps (interpreter start, the stand-ins of C modules, the driver's files)."""
-    cpu: list[float] = []
-    results, statuses = run_series(broker, scenario, wakes + 1, work / "fw", "zero-radio", cpu=cpu)
-    fw = [c for c, s in zip(cpu[1:], statuses[1:]) if s["state"] == "ok"]
-    null_image = work / "null"
-    null_image.mkdir(parents=True, exist_ok=True)
-    (null_image / "boot.py").write_text("")
-    (null_image / "main.py").write_text("import machine\nmachine.deepsleep(1000)\n")
-    from jbdgw.sim import run_wakes
+def measure_cpu_ms(work: Path, processes: int = 11) -> dict:
+    """The firmware's own CPU time per wake on the unix port (tools/bench/wake_cpu.py, in a
+    device image, radio waits excluded): importing what a wake imports (median over fresh
+    processes) plus the computing of one wake (median of many)."""
+    import os
+    import subprocess
 
-    base: list[float] = []
-    last = [_cpu_s()]
+    from jbdgw.image import build_image
+    from jbdgw.sim import _compiled_standins, find_micropython
 
-    def on_wake(_r) -> None:
-        now = _cpu_s()
-        base.append(now - last[0])
-        last[0] = now
+    cfg = json.loads((REPO / "tools" / "scenarios" / "demo-config.json").read_text())
+    image = build_image(work / "image", cfg)
+    standins = _compiled_standins(work / "mpsim")
+    env = {**os.environ, "MICROPYPATH": f"{standins}:.frozen:{image / 'lib'}:{image}"}
+    imports, works = [], []
+    for _ in range(processes):
+        out = subprocess.run([find_micropython(), str(REPO / "tools" / "bench" / "wake_cpu.py")], cwd=image,
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+        if out.returncode:
+            raise RuntimeError(f"wake_cpu.py failed: {out.stdout[-400:]}{out.stderr[-400:]}")
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        imports.append(d["import_us"] / 1000)
+        works.append(d["work_us"] / 1000)
+    imp, wk = statistics.median(imports), statistics.median(works)
+    return {"processes": processes, "import_ms": round(imp, 3), "work_ms": round(wk, 3),
+            "firmware_ms": round(imp + wk, 3)}
 
-    last[0] = _cpu_s()
-    run_wakes(null_image, scenario, wakes + 1, work / "null-state", profile="zero-radio", on_wake=on_wake)
-    fw_ms = statistics.median(fw) * 1000
-    base_ms = statistics.median(base[1:]) * 1000
-    return {"wakes": len(fw), "process_ms": round(fw_ms, 2), "baseline_ms": round(base_ms, 2),
-            "firmware_ms": round(max(fw_ms - base_ms, 0.0), 2)}
+
+def air_wake(p: Profile, f: WakeFigures) -> dict[str, float]:
+    """A board's wake with its CPU work at host speed: boot (profile) + the simulated wake."""
+    rest = f.sim_awake - f.ble - f.wifi - f.mqtt  # config, messages, imports, sleep call
+    return {"boot": p["boot_to_main_ms"], "cpu": max(rest, 0.0), "ble": f.ble, "wifi": f.wifi, "mqtt": f.mqtt}
 
 
 def board_wake(p: Profile, f: WakeFigures, cpu_unix_ms: float) -> dict[str, float]:
-    """A board's wake from a simulated one: boot (profile) + the simulated wake, whose CPU
-    part ran at host speed and is scaled to the ESP32 (cpu_scale_unix_to_esp32)."""
-    scale = p["cpu_scale_unix_to_esp32"]
-    cpu_extra = cpu_unix_ms * (scale - 1)
-    radio_other = f.sim_awake - f.ble - f.wifi - f.mqtt  # config, messages, imports, sleep call
-    return {
-        "boot": p["boot_to_main_ms"],
-        "cpu": max(radio_other, 0.0) + cpu_extra,
-        "ble": f.ble,
-        "wifi": f.wifi,
-        "mqtt": f.mqtt,
-    }
+    """air_wake with the firmware's CPU work (measured on the unix port, already once in the
+    simulated wake) scaled to the ESP32 (cpu_scale_unix_to_esp32)."""
+    out = air_wake(p, f)
+    out["cpu"] += cpu_unix_ms * (p["cpu_scale_unix_to_esp32"] - 1)
+    return out
 
 
 def bench_wakes(p: Profile, scenario: dict, warm: int, cold: int, progress=print) -> dict:
@@ -158,9 +140,10 @@ def bench_wakes(p: Profile, scenario: dict, warm: int, cold: int, progress=print
             cold_runs.append(figures("cold", r, s, range(0, 1)))
         c = WakeFigures("cold", len(cold_runs), *(statistics.median(getattr(x, a) for x in cold_runs)
                                                   for a in ("ble", "wifi", "mqtt", "sim_awake")))
-        progress("bench: firmware CPU time under zero-radio ...")
-        cpu = measure_cpu_ms(broker, scenario, work / "cpu")
+        progress("bench: the firmware's own CPU time ...")
+        cpu = measure_cpu_ms(work / "cpu")
     out.update(warm=w, cold=c, cpu=cpu)
+    out["warm_air"], out["cold_air"] = air_wake(p, w), air_wake(p, c)
     out["warm_board"] = board_wake(p, w, cpu["firmware_ms"])
     out["cold_board"] = board_wake(p, c, cpu["firmware_ms"])
     out["warm_bound"] = warm_bound(p)

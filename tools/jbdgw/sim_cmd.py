@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the simulation state (RTC memory, events.jsonl) here")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="kill a wake that runs longer than this (default 60 s)")
+    p.add_argument("--profile", default="esp32-typical", metavar="NAME|FILE",
+                   help="latency profile the simulated radio, Wi-Fi and broker link obey: a shipped "
+                        "name (esp32-typical, zero-radio) or a .json path (default esp32-typical)")
     p.set_defaults(func=run)
 
 
@@ -91,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
     given = _parse_broker(args.broker)
     if args.wakes < 1:
         raise UsageError(f"--wakes must be at least 1, not {args.wakes}")
+    from jbdgw.model import ProfileError, load_profile
+
+    try:
+        load_profile(args.profile)
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
 
     with ExitStack() as stack:
         if given is None:
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
         results = run_wakes(
             image, args.scenario, args.wakes, state,
-            heapsize=args.heapsize, timeout_s=args.timeout, on_wake=summary,
+            heapsize=args.heapsize, timeout_s=args.timeout, on_wake=summary, profile=args.profile,
         )
         sub.wait_for(len(sub.messages) + 1, timeout=0.3)  # late messages
 

@@ -51,19 +51,25 @@ def event(ev, **fields):
         f.write(line + "\n")
 
 
-_scenario = None
+_loaded = {}
+
+
+def _json_file(var):
+    # Each file the driver names is read once per process (a wake is one process, and the
+    # driver rewrites the files between wakes only); {} when the variable is unset.
+    if var not in _loaded:
+        doc = {}
+        p = _getenv(var)
+        if p:
+            with open(p) as f:
+                doc = json.load(f)
+        _loaded[var] = doc
+    return _loaded[var]
 
 
 def scenario():
     """The scenario JSON as a dict ({} without JBDGW_SIM_SCENARIO)."""
-    global _scenario
-    if _scenario is None:
-        _scenario = {}
-        p = _getenv("JBDGW_SIM_SCENARIO")
-        if p:
-            with open(p) as f:
-                _scenario = json.load(f)
-    return _scenario
+    return _json_file("JBDGW_SIM_SCENARIO")
 
 
 def mac_bytes(text):
@@ -88,18 +94,8 @@ def mac_text(b):
 # {key: value} file named by $JBDGW_SIM_PROFILE, with "time_scale" added): the stand-ins
 # take every radio, link and BMS latency from it. Without one (a stand-in's own unit
 # tests), every latency is 0 and other figures come from `default`.
-_profile = None
-
-
 def profile():
-    global _profile
-    if _profile is None:
-        _profile = {}
-        p = _getenv("JBDGW_SIM_PROFILE")
-        if p:
-            with open(p) as f:
-                _profile = json.load(f)
-    return _profile
+    return _json_file("JBDGW_SIM_PROFILE")
 
 
 def figure(key, default=0):

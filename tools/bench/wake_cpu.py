@@ -1,0 +1,70 @@
+# MicroPython benchmark: the firmware's own CPU work in one wake, without any radio wait.
+# Run from a device image folder with the stand-ins of the board's C/frozen modules first on
+# the path:  MICROPYPATH=<mpsim>:.frozen:lib micropython <repo>/tools/bench/wake_cpu.py [runs]
+# Prints one JSON line (microseconds):
+#   import_us: importing what a wake imports (firmware, aioble, jbd: .mpy files in the image;
+#              bluetooth, machine, network, umqtt are C or frozen on the board: preloaded)
+#   work_us:   median per wake of the computing the firmware does (config, RTC state,
+#              reassembly and decoding of both replies, reading and status JSON)
+# The radio phases' event-loop and IRQ handling are not in it: they are small beside these.
+import sys
+import time
+
+import bluetooth  # noqa: F401  (C modules on the board: not timed)
+import machine  # noqa: F401
+import network  # noqa: F401
+import umqtt.simple  # noqa: F401
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 51
+
+t0 = time.ticks_us()
+import aioble  # noqa: E402
+import jbd  # noqa: E402
+from firmware import ble, clock, cycle, deliver, messages, rtcstate, wifi  # noqa: E402,F401
+
+import_us = time.ticks_diff(time.ticks_us(), t0)
+
+from vbms import DEFAULT_BATTERY, basic_info_data, cells_data, chunks, response_frame  # noqa: E402
+
+REPLIES = chunks(response_frame(3, basic_info_data(DEFAULT_BATTERY)), 20) + chunks(
+    response_frame(4, cells_data(DEFAULT_BATTERY)), 20
+)
+
+
+class _Wake:
+    # What messages.status() reads from the wake.
+    outcome = "ok"
+    seq = 1234
+    cause = 4
+    ms = {"config": 1, "ble": 300, "wifi": 200}
+    errors = []
+
+    def elapsed(self):
+        return 600
+
+
+def one_wake():
+    cfg = cycle.load_config()  # validates once, then reads state/config.cache
+    mem, _ = rtcstate.decode(b"")
+    mem["seq"] = 1234
+    asm = jbd.FrameAssembler()
+    frames = []
+    for c in REPLIES:
+        frames.extend(asm.feed(c))
+    basic = jbd.decode(frames[0])
+    cells = jbd.decode(frames[1])["cells_mv"]
+    result = {"state": "ok", "basic": basic, "cells": cells, "address": "a4:c1:38:30:c2:8e", "frame_errors": 0,
+              "name": "JBD", "handles": [16, 13, 18, 0]}
+    new, per_bms = messages.readings(cfg, [result], 1234, clock.unix_time(), {})
+    messages.status(_Wake(), 1700000000, per_bms, 0, 80, None)
+    rtcstate.encode(mem)
+    return new
+
+
+times = []
+for _ in range(RUNS):
+    t = time.ticks_us()
+    one_wake()
+    times.append(time.ticks_diff(time.ticks_us(), t))
+times.sort()
+print('{"import_us": %d, "work_us": %d, "runs": %d}' % (import_us, times[len(times) // 2], RUNS))
