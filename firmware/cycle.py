@@ -7,7 +7,6 @@
 import asyncio
 import gc
 import json
-import os
 import sys
 import time
 from binascii import hexlify
@@ -55,14 +54,7 @@ def load_config():
     cfg = config.load(_CONFIG_FILE)
     _unload("firmware.config")
     try:
-        try:
-            os.mkdir("state")
-        except OSError:
-            pass
-        tmp = _CONFIG_CACHE + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"sha256": digest, "config": cfg}, f)
-        os.rename(tmp, _CONFIG_CACHE)
+        rtcstate.write_file(_CONFIG_CACHE, json.dumps({"sha256": digest, "config": cfg}))
     except OSError as e:  # a full flash costs the next wake a validation, nothing more
         print("gateway: cannot keep", _CONFIG_CACHE, e)
     return cfg

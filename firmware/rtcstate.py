@@ -122,16 +122,21 @@ def read_seq_limit():
         return 0
 
 
-def write_seq_limit(n):
-    # Write-then-rename so a power cut mid-write leaves the old value, not a torn file.
+def write_file(path, text):
+    """Writes a file under state/ whole or not at all: a power cut mid-write leaves the old
+    file (write to a temporary name, then rename). Raises OSError (flash full)."""
     try:
         os.mkdir("state")
     except OSError:
         pass
-    tmp = SEQ_FILE + ".tmp"
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(str(n))
-    os.rename(tmp, SEQ_FILE)
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def write_seq_limit(n):
+    write_file(SEQ_FILE, str(n))
 
 
 def next_seq(mem, restored):

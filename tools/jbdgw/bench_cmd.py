@@ -168,7 +168,10 @@ def wake_section(p, w: dict, heap: dict, command: str) -> list[str]:
         "(pystones per second of the unix port on the profile author's x86-64 host over a "
         "240 MHz ESP32's; source below). Two rows per kind of wake: the radio and the boot with "
         "the CPU work at host speed (what the latency optimisations act on), and the board "
-        "with that CPU work at ESP32 speed.",
+        "with that CPU work at ESP32 speed. The firmware's own allocations per wake (same "
+        f"script, GC off): {cpu['import_bytes']} bytes for the imports (bytecode and module "
+        f"objects, kept for the wake) and {cpu['work_bytes']} bytes for one wake's work (unix "
+        "port, 64-bit: about half on the ESP32).",
         "",
         "| ms per wake | boot | firmware CPU + rest | BLE | Wi-Fi | MQTT | awake | bound | ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -104,9 +104,10 @@ def measure_cpu_ms(work: Path, processes: int = 11) -> dict:
         d = json.loads(out.stdout.strip().splitlines()[-1])
         imports.append(d["import_us"] / 1000)
         works.append(d["work_us"] / 1000)
+        alloc = (d["import_bytes"], d["work_bytes"])  # the same in every process
     imp, wk = statistics.median(imports), statistics.median(works)
     return {"processes": processes, "import_ms": round(imp, 3), "work_ms": round(wk, 3),
-            "firmware_ms": round(imp + wk, 3)}
+            "firmware_ms": round(imp + wk, 3), "import_bytes": alloc[0], "work_bytes": alloc[1]}
 
 
 def air_wake(p: Profile, f: WakeFigures) -> dict[str, float]:
