@@ -79,6 +79,7 @@ class Wake:
         self.errors = []
         self.cfg = None
         self.seq = 0
+        self.heap_free = None  # after the BLE phase, collected: what Wi-Fi, MQTT and TLS get
 
     def feed(self):
         self.wdt.feed()
@@ -170,7 +171,8 @@ def read_bms(wake):
     except Exception:
         pass
     asyncio.new_event_loop()  # drops tasks the BLE phase left behind (and what they hold)
-    _unload("aioble", "firmware.ble", "jbd")
+    _unload("aioble", "firmware.ble", "jbd")  # ends in gc.collect()
+    wake.heap_free = gc.mem_free()
     if results is None:  # the phase failed as a whole: nothing was read
         return []
     return results

@@ -1,6 +1,4 @@
 # What a wake publishes: one reading per BMS read, and the retained status of the wake.
-import gc
-
 from firmware import VERSION
 from firmware.jsonw import Raw, obj
 from firmware.reading import reading_json
@@ -34,7 +32,6 @@ def readings(cfg, results, seq, ts, names):
 
 def status(wake, ts, per_bms, waiting, prev_mqtt_ms, prev_error):
     """The status message of this wake, built last so that its times are the latest."""
-    gc.collect()
     pairs = [
         ("state", wake.outcome),
         ("seq", wake.seq),
@@ -44,7 +41,7 @@ def status(wake, ts, per_bms, waiting, prev_mqtt_ms, prev_error):
         ("ms", Raw(obj([(k, wake.ms[k]) for k in _PHASES if k in wake.ms]))),
         ("awake_ms", wake.elapsed()),
         ("prev_mqtt_ms", prev_mqtt_ms),
-        ("heap_free", gc.mem_free()),
+        ("heap_free", wake.heap_free),
         ("bms", [Raw(obj(p)) for p in per_bms]),
         ("backlog", waiting),
         ("errors", wake.errors),

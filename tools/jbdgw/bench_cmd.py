@@ -163,8 +163,9 @@ def wake_section(p, w: dict, heap: dict, command: str) -> list[str]:
         "wake). A board's wake adds the boot (`boot_to_main_ms`) and runs the firmware's CPU "
         "work at ESP32 speed: the firmware's own CPU time per wake, measured on the unix port "
         f"without any radio wait (**{cpu['firmware_ms']} ms**: {cpu['import_ms']} ms importing the firmware, aioble and "
-        f"`jbd` as .mpy, {cpu['work_ms']} ms of computing, `tools/bench/wake_cpu.py`, median of "
-        f"{cpu['processes']} processes), is scaled by cpu_scale_unix_to_esp32 = {scale:g} "
+        f"`jbd` as .mpy, {cpu['work_ms']} ms of computing; `tools/bench/wake_cpu.py`: medians of "
+        f"repeated loads and wakes in each of {cpu['processes']} processes, then the median of "
+        f"those), is scaled by cpu_scale_unix_to_esp32 = {scale:g} "
         "(pystones per second of the unix port on the profile author's x86-64 host over a "
         "240 MHz ESP32's; source below). Two rows per kind of wake: the radio and the boot with "
         "the CPU work at host speed (what the latency optimisations act on), and the board "
@@ -236,7 +237,7 @@ def wake_section(p, w: dict, heap: dict, command: str) -> list[str]:
         "and added on top, so the figure is the firmware's own need, aioble included. The unix "
         "port is 64-bit: objects are about twice their ESP32 size.",
         "",
-        "| cells | smallest heap | heap free at the status message, 96K | bytes published per wake |",
+        "| cells | smallest heap | heap free after the BLE phase (status `heap_free`), 96K | bytes published per wake |",
         "| ---: | ---: | ---: | ---: |",
     ]
     for cells, d in heap.items():
