@@ -25,24 +25,39 @@ _NAME_EVERY = const(24)  # re-read the BMS model (0x05) every N wakes, and on co
 _FORGET_MAC_AFTER = const(3)  # failed reads in a row before a cached MAC is scanned again
 _ERROR_CHARS = const(200)
 # A DHCP lease is reused as a static address (no DHCP exchange, ~0.9 s on the board) for at
-# most this many minutes of wakes, then renewed: well inside common lease times, so the
-# router never hands the address to another device.
-_LEASE_REUSE_MIN = const(60)
+# most this many minutes, then renewed: inside common lease times (dnsmasq's default, and
+# phone hotspots, give 1 h), so the router never hands the address to another device.
+_LEASE_REUSE_MIN = const(45)
 
 
 _CONFIG_FILE = "config.json"
 _CONFIG_CACHE = "state/config.cache"
+# The validator itself is part of the key: a firmware update that changes what validation
+# returns (a new default, say) must not reuse an old result.
+_VALIDATOR_FILES = ("firmware/config.mpy", "firmware/config.py")
 
 
 def load_config():
     """The validated config. Validation (the config module, comment stripping, every rule)
     runs only when config.json changed: its result is kept in state/config.cache under the
-    file's SHA-256, so a wake that finds the same file reads the cache with the C json
+    file's SHA-256 (and the validator's), so a wake that finds both unchanged reads it with the C json
     parser instead (on the board the validator's import and run are a few hundred ms of
     CPU at 240 MHz; docs/benchmarks.md). Raises config.ConfigError."""
     try:
-        with open(_CONFIG_FILE, "rb") as f:
-            digest = hexlify(sha256(f.read()).digest()).decode()
+        h = sha256()
+        buf = bytearray(128)  # in small pieces: a whole file at once fragments a 96K heap
+        for name in (_CONFIG_FILE,) + _VALIDATOR_FILES:
+            try:
+                with open(name, "rb") as f:
+                    while True:
+                        n = f.readinto(buf)
+                        if not n:
+                            break
+                        h.update(memoryview(buf)[:n])
+            except OSError:
+                if name == _CONFIG_FILE:
+                    raise
+        digest = hexlify(h.digest()).decode()
         with open(_CONFIG_CACHE) as f:
             kept = json.loads(f.read())  # json.load() reads a stream char by char: 6x slower
         if kept["sha256"] == digest:
@@ -225,14 +240,19 @@ def publish(wake, new, per_bms):
     waiting = deliver.waiting(mem["backlog_at"])
     link = None
     lease = None
-    if not cfg["wifi"]["static"] and mem["lease"] and mem["lease_min"] < _LEASE_REUSE_MIN:
+    if mem["net"] != cfg["wifi"]["ssid"]:  # another network: nothing learnt applies
+        mem["channel"] = mem["lease"] = None
+    # Minutes since the lease was granted, counting this wake's sleep and a minute awake.
+    since = mem["lease_min"] + (cfg["interval_min"] or _LEASE_REUSE_MIN) + 1
+    if not cfg["wifi"]["static"] and mem["lease"] and since <= _LEASE_REUSE_MIN:
         lease = mem["lease"]
     t = time.ticks_ms()
     try:
         try:
             mem["channel"] = wifi.connect(cfg["wifi"], mem["channel"], lease)
+            mem["net"] = cfg["wifi"]["ssid"]
             if lease:
-                mem["lease_min"] += cfg["interval_min"] or _LEASE_REUSE_MIN
+                mem["lease_min"] = since
             elif not cfg["wifi"]["static"]:
                 mem["lease"], mem["lease_min"] = wifi.dhcp_lease(), 0
             status_topic = (cfg["mqtt"]["topic"] + "/status").encode()

@@ -29,6 +29,10 @@ class OnePacketWrites:
     def __init__(self, sock):
         self.sock = sock
         self.pending = bytearray()
+        try:  # umqtt.simple before 1.5 connects without a timeout; TLS sockets have none
+            sock.settimeout(_IO_TIMEOUT_S)
+        except AttributeError:
+            pass
 
     def write(self, data, n=None):
         if n is None or n == len(data):
@@ -46,11 +50,13 @@ class OnePacketWrites:
         self.flush()
         return self.sock.read(n)
 
-    def settimeout(self, t):
-        self.sock.settimeout(t)
-
     def setblocking(self, flag):
-        self.sock.setblocking(flag)
+        # umqtt.simple's wait_msg() sets the socket blocking after each packet it reads,
+        # which would drop the I/O timeout for good (a TLS socket has no settimeout() to
+        # set it again); blocking-with-timeout is what a publish needs, so only a switch to
+        # non-blocking is passed on.
+        if not flag:
+            self.sock.setblocking(False)
 
     def close(self):
         try:
@@ -86,8 +92,6 @@ class Session:
         self.client.sock = OnePacketWrites(self.client.sock)
 
     def publish(self, topic, payload, retain):
-        # wait_msg() leaves the socket blocking after each PUBACK: re-arm the timeout.
-        self.client.sock.settimeout(_IO_TIMEOUT_S)
         # QoS 1: publish() returns only once the broker acknowledged the message.
         self.client.publish(topic, payload, retain, 1)
         self.acked += 1

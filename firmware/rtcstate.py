@@ -38,9 +38,10 @@ _SHAPE = (
     ("gatt", None, dict),  # "aa:bb:..." -> [notify, write, cccd handle, write mode]
     ("names", None, dict),  # BMS label -> model string from register 0x05
     ("name_wake", None, dict),  # BMS label -> wake number of the last 0x05 read
+    ("net", None, str),  # the SSID that channel and lease belong to
     ("channel", None, int),  # the Wi-Fi channel the AP was on
     ("lease", None, list),  # [ip, netmask, gateway, dns] from DHCP, reused as a static address
-    ("lease_min", 0, int),  # minutes of wakes since that lease came from DHCP
+    ("lease_min", 0, int),  # minutes since that lease came from DHCP, as far as known
     ("fails", None, dict),  # BMS label -> failed reads in a row
     ("backlog_at", 0, int),  # bytes of the flash backlog already delivered
     ("ntp_seq", 0, int),  # seq of the last NTP attempt

@@ -161,3 +161,13 @@ def test_without_the_checkout_one_line_and_exit_2(name, monkeypatch, tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"jbdgw {name}: error: needs the project's source checkout")
+
+
+def test_verbose_is_accepted_before_and_after_the_subcommand():
+    from jbdgw.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-v", "energy", "--interval", "5"]).verbose is True
+    assert parser.parse_args(["energy", "--interval", "5", "-v"]).verbose is True
+    assert parser.parse_args(["energy", "--interval", "5", "--verbose"]).verbose is True
+    assert parser.parse_args(["energy", "--interval", "5"]).verbose is False

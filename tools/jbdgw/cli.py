@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for mod in (sim_cmd, bench_cmd, energy_cmd):
         mod.add_parser(sub)
+    # -v/--verbose after the subcommand as well (conventions); SUPPRESS keeps a -v given
+    # before it from being reset by the subcommand's default.
+    for subparser in sub.choices.values():
+        subparser.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                               help="more detail")
     return parser
 
 
