@@ -166,6 +166,7 @@ def ble_jobs(wake):
 
 def read_bms(wake):
     jobs = ble_jobs(wake)
+    gc.collect()  # the config's garbage out of the way before the BLE phase's peak
     t = time.ticks_ms()
     results = None
     try:
