@@ -480,3 +480,25 @@ def test_heapsize_is_what_the_firmware_gets(tmp_path):
     assert r.returncode == 0, r.stderr
     # About 96 KiB: the stand-ins' measured cost is added, give or take GC fragmentation.
     assert 90_000 < int(r.stdout) <= 100_000
+
+
+def test_sim_cli_reports_each_wake_and_fails_a_wake_without_a_reading(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    scen = json.loads((REPO / "tools" / "scenarios" / "demo.json").read_text())
+    scen["wifi"]["down"] = True
+    path = tmp_path / "wifi-down.json"
+    path.write_text(json.dumps(scen))
+    jbdgw = os.path.join(os.path.dirname(sys.executable), "jbdgw")
+    base = [jbdgw, "sim", "--scenario", str(path), "--config", "tools/scenarios/demo-config.json", "--wakes", "1",
+            "--profile", "zero-radio"]
+    out = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "wake 1: deep sleep 300000 ms, exit 0" in out.stdout and "0 reading(s), no status published" in out.stdout
+    assert out.stderr.count("\n") == 1 and "published no reading" in out.stderr and "--allow-faults" in out.stderr
+    allowed = subprocess.run(base + ["--allow-faults"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr

@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the simulation state (RTC memory, events.jsonl) here")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="kill a wake that runs longer than this (default 60 s)")
+    p.add_argument("--allow-faults", action="store_true",
+                   help="exit 0 even when a wake published no reading (fault scenarios)")
     p.add_argument("--profile", default="esp32-typical", metavar="NAME|FILE",
                    help="latency profile the simulated radio, Wi-Fi and broker link obey: a shipped "
                         "name (esp32-typical, zero-radio) or a .json path (default esp32-typical)")
@@ -137,9 +139,34 @@ def run(args: argparse.Namespace) -> int:
             print(f"jbdgw sim: error: cannot subscribe at {host}:{port}: {exc}", file=sys.stderr)
             return 1
 
+        seen = [len(sub.messages)]
+        faults: list[str] = []
+
+        def outcome(result) -> str:
+            """This wake's state and first error, from the status it published (live, not
+            a retained one from an earlier run); counts a wake without a reading as a fault."""
+            new = sub.messages[seen[0]:]
+            seen[0] += len(new)
+            readings = [m for m in new if not m.retain and not m.topic.endswith("/status")]
+            status = None
+            for m in new:
+                if not m.retain and m.topic == f"{topic}/status":
+                    try:
+                        status = json.loads(m.payload)
+                    except ValueError:
+                        pass
+            if not isinstance(status, dict):
+                text = "no status published (Wi-Fi or broker down?)"
+            else:
+                errors = status.get("errors") or []
+                text = f"state {status.get('state')}" + (f": {errors[0]}" if errors else "")
+            if not readings:
+                faults.append(f"wake {result.index + 1} ({text})")
+            return f"{len(readings)} reading(s), {text}"
+
         def summary(result) -> None:
             time.sleep(0.2)  # let the subscriber print this wake's messages first
-            print(result.describe(), flush=True)
+            print(f"{result.describe()}; {outcome(result)}", flush=True)
             if getattr(args, "verbose", False):
                 for line in result.stdout.rstrip().splitlines():
                     print(f"  > {line}", flush=True)
@@ -156,4 +183,10 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.crashed]
     published = len(sub.messages)
     print(f"{len(results)} wake(s), {published} message(s), {len(failed)} failed", flush=True)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    if faults and not args.allow_faults:
+        print(f"jbdgw sim: {len(faults)} wake(s) published no reading, first {faults[0]}; "
+              "--allow-faults accepts that for a fault scenario", file=sys.stderr)
+        return 1
+    return 0
