@@ -29,6 +29,7 @@ _CONN_INTERVAL_US = const(15000)
 _FLAG_WRITE_NO_RESPONSE = const(0x04)
 _FLAG_NOTIFY = const(0x10)
 _CCCD_UUID = const(0x2902)
+_HEARD_MAX = const(5)  # other advertised names a bms_not_found status lists
 
 # The events of the `bluetooth` module that the tap listens to.
 _IRQ_PERIPHERAL_CONNECT = const(7)
@@ -154,17 +155,35 @@ def mac_bytes(mac):
     return unhexlify(mac.replace(":", ""))
 
 
+def same_name(a, b):
+    # Names as the user types them and as modules advertise them differ in case and in
+    # stray spaces ("xiaoxiang BMS " vs "Xiaoxiang BMS").
+    return a.strip().lower() == b.strip().lower()
+
+
 async def scan_names(names):
-    """Active scan until every name is seen or the time is up: {name: (addr_type, mac)}."""
+    """Active scan until every name is seen or the time is up. Returns ({configured name:
+    (addr_type, mac)}, [[name, mac, rssi], ...] of up to 5 other names heard)."""
     found = {}
+    heard = []
     async with aioble.scan(_SCAN_MS, interval_us=30000, window_us=30000, active=True) as scanner:
         async for result in scanner:
             n = result.name()
-            if n in names and n not in found:
-                found[n] = (result.device.addr_type, result.device.addr_hex())
-                if len(found) == len(names):
-                    break
-    return found
+            if not n:
+                continue
+            matched = False
+            for want in names:
+                if same_name(n, want):
+                    matched = True
+                    if want not in found:
+                        found[want] = (result.device.addr_type, result.device.addr_hex())
+            if not matched:
+                mac = result.device.addr_hex()
+                if len(heard) < _HEARD_MAX and not [h for h in heard if h[1] == mac]:
+                    heard.append([n, mac, result.rssi])
+            if len(found) == len(names):
+                break
+    return found, heard
 
 
 def _cancel_connect():
@@ -355,16 +374,17 @@ async def _session(addr_type, addr, entry, want_name, cached):
             print("ble: disconnect:", repr(e))
 
 
-async def _read_one(job, found, left):
+async def _read_one(job, found, heard, left):
     entry, where, want_name, cached = job
     scanned = where is None
     if scanned:
         where = found.get(entry["name"])
         if where is None:
+            others = "; ".join(["%r %s %s dBm" % (h[0], h[1], h[2]) for h in heard]) or "none"
             raise BmsError(
                 "bms_not_found",
-                "no BLE device advertised the name %r within %d s: check the name (as the Xiaoxiang app shows it), range, and that no phone is connected"
-                % (entry["name"], _SCAN_MS // 1000),
+                "no BLE device advertised the name %r within %d s (names heard: %s): check the name (as the Xiaoxiang app shows it), range, and that no phone is connected"
+                % (entry["name"], _SCAN_MS // 1000, others),
             )
     try:
         r = await asyncio.wait_for_ms(_session(where[0], where[1], entry, want_name, cached), left)
@@ -383,16 +403,18 @@ async def read_all(jobs, budget_ms):
     results = []
     try:
         need = [job[0]["name"] for job in jobs if job[1] is None]
-        found = await scan_names(need) if need else {}
+        found, heard = await scan_names(need) if need else ({}, [])
         for job in jobs:
             left = time.ticks_diff(deadline, time.ticks_ms())
             try:
                 if left <= 0:
                     raise BmsError("bms_timeout", "the BLE phase's %d s were used up before this BMS" % (budget_ms // 1000))
-                r = await _read_one(job, found, left)
+                r = await _read_one(job, found, heard, left)
                 r["state"] = "ok"
             except BmsError as ex:
                 r = {"state": ex.state, "error": str(ex)}
+                if ex.state == "bms_not_found":
+                    r["heard"] = heard
             except Exception as ex:  # one odd BMS must not cost the others their reading
                 r = {"state": "bms_error", "error": repr(ex)}
             if "address" not in r:

@@ -21,7 +21,10 @@ def readings(cfg, results, seq, ts, names):
     for entry, r in zip(cfg["bms"], results):
         label = entry["label"]
         if r["state"] != "ok":
-            per_bms.append([("bms", label), ("state", r["state"]), ("error", r["error"])])
+            pairs = [("bms", label), ("state", r["state"]), ("error", r["error"])]
+            if "heard" in r:  # what the scan did hear, so the user can fix the name from here
+                pairs.append(("heard", [Raw(obj([("name", h[0]), ("address", h[1]), ("rssi", h[2])])) for h in r["heard"]]))
+            per_bms.append(pairs)
             continue
         topic = reading_topic(cfg, entry)
         payload = reading_json(topic, label, r["address"], seq, ts, r["basic"], r["cells"], names.get(label) or None)

@@ -162,3 +162,14 @@ def test_one_write_per_packet_and_a_tls_socket_without_settimeout(tmp_path):
     assert out["before"] == 0  # nothing sent until the reply is read
     assert out["writes"] == ["320b00017400017b7d", "e000", "636c6f736564"]
     assert out["blocking"] == [False]
+
+
+def test_names_match_ignoring_case_and_spaces_and_a_missing_name_lists_what_was_heard(tmp_path, broker):
+    devices = [device(), device(name="SP04S034-L4S", address="a4:c1:38:00:00:02", rssi=-71)]
+    cfg = config_for(broker, [{"name": "  cabin 580AH "}, {"name": "Garage"}])
+    run = run_gateway(tmp_path, broker, scenario(*devices), cfg)
+    [status] = run.statuses
+    ok, missing = status["bms"]
+    assert ok["state"] == "ok" and len(run.readings) == 1
+    assert missing["state"] == "bms_not_found" and "'SP04S034-L4S' a4:c1:38:00:00:02 -71 dBm" in missing["error"]
+    assert missing["heard"] == [{"name": "SP04S034-L4S", "address": "a4:c1:38:00:00:02", "rssi": -71}]
