@@ -58,6 +58,10 @@ def run_gateway(tmp_path: Path, broker, scenario: dict, config: dict, wakes: int
                 heapsize: str | None = None, expect_messages: int | None = None,
                 image: Path | None = None, between=None, timeout_s: float = 90, **kw) -> SimRun:
     """`between(index, scenario)` may change the world after wake `index` (0-based)."""
+    from jbdgw.scenario import problems
+
+    # Every scenario the tests use is one `jbdgw sim` accepts: keeps its list of keys whole.
+    assert problems(scenario) == []
     topic = config["mqtt"]["topic"]
     image = image or build_image(tmp_path / "image", config)
     tmp_path.mkdir(parents=True, exist_ok=True)

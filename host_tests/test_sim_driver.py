@@ -502,3 +502,27 @@ def test_sim_cli_reports_each_wake_and_fails_a_wake_without_a_reading(tmp_path):
     assert out.stderr.count("\n") == 1 and "published no reading" in out.stderr and "--allow-faults" in out.stderr
     allowed = subprocess.run(base + ["--allow-faults"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_sim_cli_names_an_unknown_scenario_key(tmp_path, capsys):
+    from conftest import REPO
+    from jbdgw.cli import main
+    from jbdgw.scenario import problems
+
+    for path in sorted((REPO / "tools" / "scenarios").glob("*.json")):
+        if path.name != "demo-config.json":
+            assert problems(json.loads(path.read_text())) == [], path
+    scen = json.loads((REPO / "tools" / "scenarios" / "demo.json").read_text())
+    scen["devices"][0]["latncy_ms"] = 5
+    scen["wifi"]["chanel"] = 3
+    bad = tmp_path / "typo.json"
+    bad.write_text(json.dumps(scen))
+    cfg = REPO / "tools" / "scenarios" / "demo-config.json"
+    assert main(["sim", "--scenario", str(bad), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "wifi.chanel: unknown key; did you mean 'channel'?" in err and "(and 1 more)" in err
+    scen["wifi"].pop("chanel")
+    bad.write_text(json.dumps(scen))
+    assert main(["sim", "--scenario", str(bad), "--config", str(cfg)]) == 2
+    assert "devices[0].latncy_ms: unknown key; did you mean 'latency_ms'?" in capsys.readouterr().err

@@ -91,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
     require_simulator("boot.py", "main.py", "firmware/config.py", "lib", "tools/mpsim/simrun.py")
     config = _load_json(args.config, "config")
-    _load_json(args.scenario, "scenario")
+    from jbdgw.scenario import problems
+
+    found = problems(_load_json(args.scenario, "scenario"))
+    if found:
+        raise UsageError(f"scenario file {args.scenario}: {found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
     topic = _topic(config, args.config)
     given = _parse_broker(args.broker)
     if args.wakes < 1:
