@@ -5,6 +5,7 @@ import json
 CONFIG_FILE = "config.json"
 DEFAULT_TOPIC = "solar"
 DEFAULT_INTERVAL_MIN = 5
+DEFAULT_BACKOFF_MAX_MIN = 60
 
 
 class ConfigError(ValueError):
@@ -226,7 +227,7 @@ def _bms(v):
 def validate(doc):
     """A parsed config document -> normalized config dict with defaults. Raises ConfigError."""
     _obj(doc, "config", '"wifi", "mqtt" and "bms"')
-    _known(doc, "", ("wifi", "mqtt", "bms", "interval_min"))
+    _known(doc, "", ("wifi", "mqtt", "bms", "interval_min", "backoff_max_min"))
     for k in ("wifi", "mqtt", "bms"):
         if k not in doc:
             _fail(k, "missing", "add the %s section (see config.example.json)" % k)
@@ -235,6 +236,8 @@ def validate(doc):
         "mqtt": _mqtt(doc["mqtt"]),
         "bms": _bms(doc["bms"]),
         "interval_min": _int(doc, "interval_min", "", 0, 10080, DEFAULT_INTERVAL_MIN),
+        # The longest the interval stretches to while no BMS can be read (a phone app holds it).
+        "backoff_max_min": _int(doc, "backoff_max_min", "", 1, 10080, DEFAULT_BACKOFF_MAX_MIN),
     }
 
 

@@ -23,6 +23,10 @@ _BLE_BUDGET_MS = const(60000)
 _BLE_GUARD_MS = const(5000)  # on top of the budget, should the BLE phase overrun its own
 _NAME_EVERY = const(24)  # re-read the BMS model (0x05) every N wakes, and on cold boot
 _FORGET_MAC_AFTER = const(3)  # failed reads in a row before a cached MAC is scanned again
+# Wakes in a row without any reading before the interval stretches (doubling, up to
+# backoff_max_min): a BMS held by a phone app all weekend must not cost a scan and a
+# connect attempt every few minutes.
+_BACKOFF_AFTER = const(3)
 _ERROR_CHARS = const(200)
 # A DHCP lease is reused as a static address (no DHCP exchange, ~0.9 s on the board) for at
 # most this many minutes, then renewed: inside common lease times (dnsmasq's default, and
@@ -95,6 +99,8 @@ class Wake:
         self.cfg = None
         self.seq = 0
         self.heap_free = None  # after the BLE phase, collected: what Wi-Fi, MQTT and TLS get
+        self.interval_min = None  # the interval in force after this wake, and why if stretched
+        self.stretched = None
 
     def feed(self):
         self.wdt.feed()
@@ -197,6 +203,22 @@ def read_bms(wake):
 # --- after the BLE phase: what to remember ------------------------------------------------
 
 
+def next_interval(wake, results):
+    """Minutes until the next wake: the configured interval, doubled for each wake beyond
+    _BACKOFF_AFTER-1 in a row in which no BMS could be read, up to backoff_max_min; the
+    first reading restores it."""
+    cfg, mem = wake.cfg, wake.mem
+    mem["dry"] = 0 if [r for r in results if r["state"] == "ok"] else mem["dry"] + 1
+    base = cfg["interval_min"]
+    wake.interval_min = base
+    if not base or mem["dry"] < _BACKOFF_AFTER:
+        return base
+    n = min(mem["dry"] - _BACKOFF_AFTER + 1, 16)
+    wake.interval_min = max(base, min(base << n, cfg["backoff_max_min"]))
+    wake.stretched = "no BMS read in %d wakes in a row" % mem["dry"]
+    return wake.interval_min
+
+
 def remember(wake, results):
     """Caches what the BLE phase found (a MAC from a scan, the model name), counts failed
     reads, and records each failure as an error of the wake."""
@@ -243,8 +265,9 @@ def publish(wake, new, per_bms):
     lease = None
     if mem["net"] != cfg["wifi"]["ssid"]:  # another network: nothing learnt applies
         mem["channel"] = mem["lease"] = None
-    # Minutes since the lease was granted, counting this wake's sleep and a minute awake.
-    since = mem["lease_min"] + (cfg["interval_min"] or _LEASE_REUSE_MIN) + 1
+    # Minutes since the lease was granted, counting the sleep before this wake (stretched or
+    # not; unknown counts as too long) and a minute awake.
+    since = mem["lease_min"] + (mem["sleep_min"] or _LEASE_REUSE_MIN) + 1
     if not cfg["wifi"]["static"] and mem["lease"] and since <= _LEASE_REUSE_MIN:
         lease = mem["lease"]
     t = time.ticks_ms()
@@ -307,7 +330,7 @@ def _config_error(wake, e, config):
         wake.feed()
         publish(wake, [], [])
         wake.cfg = None  # keep the BMS caches: the config is not known to be valid
-    wake.save()
+    _sleeping(wake, _CONFIG_RETRY_MS // 60000)
     return _CONFIG_RETRY_MS
 
 
@@ -328,6 +351,7 @@ def run_wake(wake):
     results = read_bms(wake)
     wake.feed()
     remember(wake, results)
+    interval = next_interval(wake, results)
     # Imported after the BLE phase, which is where the heap peaks.
     from firmware import clock, messages
 
@@ -336,10 +360,15 @@ def run_wake(wake):
     for topic, payload, _ in new:
         print("gateway: reading %d (%d bytes) -> %s" % (wake.seq, len(payload), topic.decode()))
     publish(wake, new, per_bms)
-    wake.save()
+    _sleeping(wake, interval)
     print("gateway: wake %d done in %d ms, state %s" % (wake.seq, wake.elapsed(), wake.outcome))
-    interval = wake.cfg["interval_min"]
     return interval * 60000 if interval else None
+
+
+def _sleeping(wake, minutes):
+    # Saved last: how long the board sleeps is what the next wake's lease accounting needs.
+    wake.mem["sleep_min"] = minutes
+    wake.save()
 
 
 def main():

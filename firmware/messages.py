@@ -47,6 +47,8 @@ def status(wake, ts, per_bms, waiting, prev_mqtt_ms, prev_error):
         ("heap_free", wake.heap_free),
         ("bms", [Raw(obj(p)) for p in per_bms]),
         ("backlog", waiting),
+        ("interval_min", wake.interval_min),
+        ("interval_why", wake.stretched),
         ("errors", wake.errors),
         ("prev_error", prev_error),
     ]

@@ -43,6 +43,8 @@ _SHAPE = (
     ("lease", None, list),  # [ip, netmask, gateway, dns] from DHCP, reused as a static address
     ("lease_min", 0, int),  # minutes since that lease came from DHCP, as far as known
     ("fails", None, dict),  # BMS label -> failed reads in a row
+    ("dry", 0, int),  # wakes in a row in which no BMS could be read
+    ("sleep_min", None, int),  # the deep sleep that ended this wake (minutes; 0: until reset)
     ("backlog_at", 0, int),  # bytes of the flash backlog already delivered
     ("ntp_seq", 0, int),  # seq of the last NTP attempt
     ("mqtt_ms", None, int),

@@ -53,6 +53,8 @@ BAD = [
     (with_("bms", [{"name": "A", "service": "zz"}]), "bms[0].service: 'zz' is not a BLE UUID"),
     (with_("interval_min", -1), "interval_min: is -1, out of range"),
     (with_("interval_min", 2.5), "interval_min: is a fraction; write a whole number"),
+    (with_("backoff_max_min", 0), "backoff_max_min: is 0, out of range; use a whole number from 1 to 10080"),
+    (with_("backof_max_min", 30), "backof_max_min: unknown key"),
     ([1, 2], "config: is a list; it must be an object"),
 ]
 

@@ -173,3 +173,51 @@ def test_names_match_ignoring_case_and_spaces_and_a_missing_name_lists_what_was_
     assert ok["state"] == "ok" and len(run.readings) == 1
     assert missing["state"] == "bms_not_found" and "'SP04S034-L4S' a4:c1:38:00:00:02 -71 dBm" in missing["error"]
     assert missing["heard"] == [{"name": "SP04S034-L4S", "address": "a4:c1:38:00:00:02", "rssi": -71}]
+
+
+def test_interval_stretches_while_no_bms_can_be_read_and_the_first_reading_restores_it(tmp_path, broker):
+    def phone_lets_go(index, scen):
+        if index == 2:
+            scen["devices"][0]["busy"] = False
+
+    cfg = config_for(broker, [{"address": "a4:c1:38:30:c2:8e"}], backoff_max_min=8)
+    run = run_gateway(tmp_path, broker, scenario(device(busy=True)), cfg, wakes=4, between=phone_lets_go)
+    minutes = [w.sleep_ms // 60000 for w in run.wakes]
+    # Two failed wakes at 5 min, the third stretches (doubled, capped at 8); a reading restores 5.
+    assert minutes == [5, 5, 8, 5]
+    assert [s["interval_min"] for s in run.statuses] == minutes
+    assert run.statuses[2]["interval_why"] == "no BMS read in 3 wakes in a row"
+    assert run.statuses[3]["interval_why"] is None and run.statuses[3]["state"] == "ok"
+    assert len(run.readings) == 1
+
+
+STRETCH = r"""
+import json
+from firmware import cycle
+
+class Wake:
+    interval_min = stretched = None
+    cfg = {"interval_min": 5, "backoff_max_min": 60}
+    mem = {"dry": 0}
+
+w = Wake()
+out = []
+for ok in [False] * 9 + [True, False]:
+    out.append([cycle.next_interval(w, [{"state": "ok" if ok else "bms_busy"}]), w.stretched])
+    w.stretched = None
+w.cfg = {"interval_min": 0, "backoff_max_min": 60}  # one and done: never stretched
+out.append([cycle.next_interval(w, [{"state": "bms_busy"}]), w.stretched])
+print(json.dumps(out))
+"""
+
+
+def test_stretched_interval_doubles_up_to_the_maximum(tmp_path):
+    import json
+
+    from conftest import run_script
+
+    script = tmp_path / "stretch.py"
+    script.write_text(STRETCH)
+    out = json.loads(run_script("micropython", script, mpsim=True, env={"JBDGW_SIM_DIR": str(tmp_path)}).stdout.splitlines()[-1])
+    assert [m for m, _ in out] == [5, 5, 10, 20, 40, 60, 60, 60, 60, 5, 5, 0]
+    assert out[2][1] == "no BMS read in 3 wakes in a row" and out[9][1] is None and out[11][1] is None

@@ -66,6 +66,8 @@ class _Wake:
     # What messages.status() reads from the wake.
     outcome = "ok"
     heap_free = 40000
+    interval_min = 5
+    stretched = None
     seq = 1234
     cause = 4
     ms = {"config": 1, "ble": 300, "wifi": 200}
