@@ -35,23 +35,38 @@ def forget():
             del sys.modules[name]
 
 
-gc.collect()
-gc.disable()
-a0 = gc.mem_alloc()
-import_all()
-import_bytes = gc.mem_alloc() - a0
-gc.enable()
-# Loading again is the same work as the first time (read the .mpy, build the module), so
-# the median of many loads in one process is steadier than one load per process.
-loads = []
-for _ in range(RUNS // 2 + 1):
+def allocated(fn):
+    """Heap bytes `fn` allocates, with the GC off so nothing is reclaimed meanwhile."""
+    gc.collect()
+    gc.disable()
+    a0 = gc.mem_alloc()
+    fn()
+    n = gc.mem_alloc() - a0
+    gc.enable()
+    return n
+
+
+def median_us(fn, runs, before=None):
+    times = []
+    for _ in range(runs):
+        if before:
+            before()
+        t0 = time.ticks_us()
+        fn()
+        times.append(time.ticks_diff(time.ticks_us(), t0))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def reload():
     forget()
     gc.collect()
-    t0 = time.ticks_us()
-    import_all()
-    loads.append(time.ticks_diff(time.ticks_us(), t0))
-loads.sort()
-import_us = loads[len(loads) // 2]
+
+
+import_bytes = allocated(import_all)
+# Loading again is the same work as the first time (read the .mpy, build the module), so
+# the median of many loads in one process is steadier than one load per process.
+import_us = median_us(import_all, RUNS // 2 + 1, reload)
 from firmware import clock, cycle, messages, rtcstate  # noqa: E402
 import jbd  # noqa: E402
 
@@ -96,18 +111,7 @@ def one_wake():
 
 
 cycle.load_config()  # the first call validates and writes the cache: not a warm wake
-gc.collect()
-gc.disable()
-a0 = gc.mem_alloc()
-one_wake()
-work_bytes = gc.mem_alloc() - a0
-gc.enable()
-
-times = []
-for _ in range(RUNS):
-    t = time.ticks_us()
-    one_wake()
-    times.append(time.ticks_diff(time.ticks_us(), t))
-times.sort()
+work_bytes = allocated(one_wake)
+work_us = median_us(one_wake, RUNS)
 print('{"import_us": %d, "work_us": %d, "runs": %d, "import_bytes": %d, "work_bytes": %d}'
-      % (import_us, times[len(times) // 2], RUNS, import_bytes, work_bytes))
+      % (import_us, work_us, RUNS, import_bytes, work_bytes))

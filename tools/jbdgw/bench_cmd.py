@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,21 +65,10 @@ def _bench_scenario(cells: int) -> dict:
 
 
 def _wakes(broker, scenario: dict, wakes: int, heapsize: str | None, work: Path) -> tuple[list, list]:
-    """Run `wakes` wakes through the broker; returns (wake results, status payloads)."""
-    from jbdgw.broker import Subscriber
-    from jbdgw.image import build_image
-    from jbdgw.sim import run_wakes
+    """Heap runs: latency does not change what is allocated, so no radio waits."""
+    from jbdgw.bench_wake import run_series
 
-    cfg = json.loads((REPO / "tools" / "scenarios" / "demo-config.json").read_text())
-    # A topic per run: a retained status from an earlier run must not be counted.
-    cfg["mqtt"].update(host=broker.host, port=broker.port, topic="bench-" + uuid.uuid4().hex[:12])
-    image = build_image(work / "image", cfg)
-    with Subscriber(broker.host, broker.port, [cfg["mqtt"]["topic"] + "/status"]) as sub:
-        results = run_wakes(image, scenario, wakes, work / "state", heapsize=heapsize, timeout_s=90,
-                            profile="zero-radio")
-        sub.wait_for(sum(1 for r in results if r.slept), timeout=10)
-        statuses = [json.loads(m.payload) for m in sub.messages]
-    return results, statuses
+    return run_series(broker, scenario, wakes, work, "zero-radio", heapsize=heapsize)
 
 
 def _completes(broker, scenario: dict, heap_k: int, work: Path) -> bool:
@@ -104,12 +92,6 @@ def smallest_heap_k(broker, scenario: dict, work: Path, lo: int = 32, hi: int = 
         else:
             lo = mid
     return hi
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def bench_heap(cells_list=(4, 16)) -> dict:

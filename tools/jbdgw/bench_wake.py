@@ -37,8 +37,8 @@ def _config(broker) -> dict:
     return cfg
 
 
-def run_series(broker, scenario: dict, wakes: int, work: Path, profile: str, *, heapsize: str | None = None,
-               ) -> tuple[list, list[dict]]:
+def run_series(broker, scenario: dict, wakes: int, work: Path, profile: str, *,
+               heapsize: str | None = None) -> tuple[list, list[dict]]:
     """`wakes` wakes from a cold boot; returns (wake results, status payloads in order)."""
     from jbdgw.broker import Subscriber
     from jbdgw.image import build_image
