@@ -21,7 +21,6 @@
 
 import errno
 import socket
-import struct
 import sys
 
 import simlog
@@ -35,16 +34,22 @@ class MQTTException(Exception):
     """The broker refused the login; args[0] is the CONNACK return code."""
 
 
-def _encode_len(pkt, sz):
-    """MQTT's remaining length into pkt[1:], 7 bits a byte, low bits first; returns the
-    index of its last byte (as upstream's _encode_len)."""
-    i = 1
-    while sz > 0x7F:
-        pkt[i] = (sz & 0x7F) | 0x80
-        sz >>= 7
-        i += 1
-    pkt[i] = sz
-    return i
+def _remaining(n):
+    """MQTT's remaining length: 7 bits a byte, low bits first, the high bit set while more
+    bytes follow."""
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
+            return out
+
+
+def _field(s):
+    # A string goes as its length and its bytes, in two writes. The length is len(s): for
+    # a str that counts characters, not UTF-8 bytes, so non-ASCII text gets a wrong one
+    # (upstream does the same; firmware/mqtt.py encodes to bytes first).
+    return [len(s).to_bytes(2, "big"), s]
 
 
 def _text(x):
@@ -66,6 +71,7 @@ class MQTTClient:
         self.ssl = ssl
         self.ssl_params = ssl_params or {}
         self.sock = None
+        self._scratch = bytearray(8)
         self.pid = 0
         self.will = None  # (topic, msg, retain, qos)
 
@@ -100,37 +106,7 @@ class MQTTClient:
             self.sock = ssl.wrap_socket(raw, **self.ssl_params)
         elif self.ssl:
             self.sock = self.ssl.wrap_socket(raw, server_hostname=self.server)
-        # As upstream: a 6-byte fixed-header buffer of which the remaining length and one
-        # byte more (the high byte of the protocol name's length) go in the first write,
-        # then the rest of the variable header, then each string as length and bytes.
-        premsg = bytearray(b"\x10\0\0\0\0\0")
-        msg = bytearray(b"\x04MQTT\x04\x02\0\0")
-        sz = 10 + 2 + len(self.client_id)
-        msg[6] = clean_session << 1
-        if self.user:
-            # As upstream: a user always goes with a password field, so password=None
-            # fails here with TypeError (firmware/config.py supplies "" instead).
-            sz += 2 + len(self.user) + 2 + len(self.pswd)
-            msg[6] |= 0xC0
-        if self.keepalive:
-            assert self.keepalive < 65536
-            msg[7] |= self.keepalive >> 8
-            msg[8] |= self.keepalive & 0x00FF
-        if self.will:
-            topic, wmsg, retain, qos = self.will
-            sz += 2 + len(topic) + 2 + len(wmsg)
-            msg[6] |= 0x4 | (qos & 0x1) << 3 | (qos & 0x2) << 3
-            msg[6] |= retain << 5
-        i = _encode_len(premsg, sz)
-        self.sock.write(premsg, i + 2)
-        self.sock.write(msg)
-        self._send_str(self.client_id)
-        if self.will:
-            self._send_str(topic)
-            self._send_str(wmsg)
-        if self.user:
-            self._send_str(self.user)
-            self._send_str(self.pswd)
+        self._send(self._connect_pieces(clean_session))
         # As upstream: the CONNACK is read as exactly four bytes, so a closed
         # link fails with IndexError, a foreign reply with AssertionError, and a
         # refusal raises MQTTException with the broker's return code.
@@ -140,12 +116,39 @@ class MQTTClient:
             raise MQTTException(ack[3])
         return ack[2] & 1
 
-    def _send_str(self, s):
-        # Upstream writes the object as given behind a prefix of len(s): for a
-        # str that counts characters, not UTF-8 bytes, so non-ASCII text gets a
-        # wrong length (firmware/mqtt.py encodes to bytes first).
-        self.sock.write(struct.pack("!H", len(s)))
-        self.sock.write(s)
+    def _connect_pieces(self, clean_session):
+        """CONNECT, cut where upstream's writes cut it: the fixed header with the high byte
+        of the protocol name's length, the rest of the variable header (name, level 4,
+        flags, keepalive), then each string: client id, will topic and message, user and
+        password. A user always goes with a password field, so password=None fails with
+        TypeError, as upstream (firmware/config.py supplies "" instead)."""
+        strings = [self.client_id]
+        flags = clean_session << 1
+        if self.will:
+            topic, wmsg, retain, qos = self.will
+            strings += [topic, wmsg]
+            flags |= 0x04 | qos << 3 | retain << 5
+        if self.user:
+            strings += [self.user, self.pswd]
+            flags |= 0xC0
+        assert self.keepalive < 0x10000
+        size = 10
+        for x in strings:
+            size += 2 + len(x)
+        pieces = [bytes([CONNECT]) + _remaining(size) + b"\0",
+                  b"\x04MQTT" + bytes([4, flags]) + self.keepalive.to_bytes(2, "big")]
+        for x in strings:
+            pieces += _field(x)
+        return pieces
+
+    def _send(self, pieces):
+        # The fixed header goes as write(buffer, length) from a scratch buffer, the rest
+        # one write each: the calls a wrapper of .sock meets on a board.
+        head = pieces[0]
+        self._scratch[: len(head)] = head
+        self.sock.write(self._scratch, len(head))
+        for piece in pieces[1:]:
+            self.sock.write(piece)
 
     def ping(self):
         self.sock.write(b"\xc0\0")
@@ -163,29 +166,22 @@ class MQTTClient:
         # leaves at once and Nagle's algorithm holds the rest until the broker
         # ACKs it, which its delayed ACK postpones: about 40 ms per QoS 1
         # publish (simtcp.py models it).
-        pkt = bytearray(b"\x30\0\0\0")
-        pkt[0] |= qos << 1 | retain
-        sz = 2 + len(topic) + len(msg)
-        if qos > 0:
-            sz += 2
-        assert sz < 2097152
-        i = _encode_len(pkt, sz)
-        self.sock.write(pkt, i + 1)
-        self._send_str(topic)
-        if qos > 0:
+        size = 2 + len(topic) + len(msg) + (2 if qos else 0)
+        assert size < 2097152
+        pieces = [bytes([PUBLISH | qos << 1 | retain]) + _remaining(size)] + _field(topic)
+        if qos:
             # Upstream counts packet ids up without wrapping; here they wrap at 65535.
             self.pid = self.pid % 0xFFFF + 1
-            pid = self.pid
-            struct.pack_into("!H", pkt, 0, pid)  # as upstream: the header's buffer, reused
-            self.sock.write(pkt, 2)
-        self.sock.write(msg)
+            pid = self.pid.to_bytes(2, "big")
+            pieces.append(pid)
+        self._send(pieces + [msg])
         simlog.event("mqtt_publish", topic=_text(topic), len=len(msg), retain=bool(retain), qos=qos)
         if qos == 2:  # as upstream: the QoS 2 packet is sent, then publish() fails
             raise AssertionError("QoS 2 publish is not supported")
         while qos:
             # As upstream: QoS 1 returns once the PUBACK with its packet id came,
             # read the way upstream's wait_msg() reads (see _next_packet).
-            if self._next_packet() == (PUBACK, struct.pack("!H", pid)):
+            if self._next_packet() == (PUBACK, pid):
                 return
 
     def _next_packet(self):
@@ -194,7 +190,7 @@ class MQTTClient:
         first = sock.read(1)
         # As upstream's wait_msg(): after the first byte the socket is made
         # blocking, which drops the connect() timeout for the rest of the
-        # session (firmware/mqtt.py sets it again before each publish).
+        # session (firmware/mqtt.py's socket wrapper does not pass this on).
         sock.setblocking(True)
         if not first:
             raise OSError(-1)  # end of stream, reported as upstream does
