@@ -176,7 +176,7 @@ def test_warm_steps_recomputed_from_the_file(typical):
         itv / 2 + (7 + 34) * 10 * 1000 / 9600 + v(d, "bms_processing_ms") + itv / 2)
     assert steps["request/reply 0x04 (15-byte reply)"] == pytest.approx(itv + 22 * 10 / 9.6 + v(d, "bms_processing_ms"))
     assert steps["BLE: CCCD write (handles cached)"] == itv
-    assert steps["Wi-Fi: association (cached channel + BSSID)"] == v(d, "wifi_assoc_ms")
+    assert steps["Wi-Fi: association (cached channel)"] == v(d, "wifi_assoc_ms")
     assert steps["MQTT QoS 1 publish x 2"] == pytest.approx(2 * v(d, "lan_rtt_ms"))
 
 

@@ -139,7 +139,7 @@ def wake_section(p, w: dict, heap: dict, command: str) -> list[str]:
         f"The simulation's stand-ins take every latency from the profile "
         f"(`tools/jbdgw/profiles/{p.name}.json`, each figure with its source, listed below), at "
         f"real time. Medians of {w['warm'].wakes} warm wakes (cached MAC, GATT handles, Wi-Fi "
-        f"channel and BSSID) and {w['cold'].wakes} cold wakes (power-on: name scan, GATT "
+        f"channel, DHCP lease) and {w['cold'].wakes} cold wakes (power-on: name scan, GATT "
         f"discovery, no Wi-Fi cache), through a real {w['broker']} broker. Phase times are the "
         "firmware's own `ticks_ms` figures from its status (MQTT: `prev_mqtt_ms` of the next "
         "wake). A board's wake adds the boot (`boot_to_main_ms`) and runs the firmware's CPU "

@@ -321,7 +321,7 @@ def warm_bound(p: Profile, *, reply_03_bytes: int = REPLY_03_BYTES, reply_04_byt
         *_ble_connect(p, itv),
         _rtt_step(p, "BLE: CCCD write (handles cached)", "cccd_write_rtts", itv),
         *_ble_read(p, itv, reply_03_bytes, reply_04_bytes),
-        _wifi("Wi-Fi: association (cached channel + BSSID)", p, "wifi_assoc_ms"),
+        _wifi("Wi-Fi: association (cached channel)", p, "wifi_assoc_ms"),
         _wifi("Wi-Fi: static IP", p, "static_ip_ms"),
         *_mqtt(p, n),
     ]
