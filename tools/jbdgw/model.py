@@ -4,8 +4,8 @@ A profile (``tools/jbdgw/profiles/<name>.json``, package data) holds every figur
 ``{"value": ..., "unit": ..., "source": ...}``; a profile may ``"extends"`` another and
 override figures. From it this module computes, as itemised steps with their arithmetic:
 
-- ``warm_bound``: the physical lower bound of a warm wake (cached MAC, handles, channel,
-  BSSID and static IP);
+- ``warm_bound``: the physical lower bound of a warm wake (cached MAC, handles and channel,
+  a static IP);
 - ``cold_bound``: the same plus name scan, GATT discovery, Wi-Fi channel probe and DHCP;
 - ``old_script_wake``: the old Raspberry Pi script's wake, typical and worst case;
 
@@ -311,7 +311,7 @@ def _boot(p: Profile, cpu_ms: float) -> list[Step]:
 def warm_bound(p: Profile, *, reply_03_bytes: int = REPLY_03_BYTES, reply_04_bytes: int = REPLY_04_BYTES,
                publishes: int | None = None, cpu_ms: float = 0.0) -> Bound:
     """The physical lower bound of a warm wake: cached MAC and GATT handles (one CCCD write),
-    both exchanges at the shortest interval the dongle accepts, cached channel/BSSID with a
+    both exchanges at the shortest interval the dongle accepts, the cached channel with a
     static IP, MQTT connect + QoS 1 publishes + disconnect. ``cpu_ms`` adds the firmware's
     own CPU time when it is known."""
     itv = p["conn_interval_min_ms"]
